@@ -1,0 +1,182 @@
+"""The transformers backend on a tiny random LLaMA: equal to ``model.generate``, reproducible, batch-safe."""
+
+import pytest
+import torch
+
+from kgen.backends.base import Backend, SamplingSettings
+from kgen.backends.hf import DTypePolicy, HFBackend
+from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
+
+GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24, stop_on_eos=False)
+GREEDY_TO_EOS = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
+EOS = 2
+SAMPLED = SamplingSettings(max_new_tokens=24, stop_on_eos=False, temperature=1.0)
+PROMPTS = [
+    TIPO_LIKE_PROMPT,
+    "rating: general\nartist: <|empty|>\ngeneral: 1girl, solo,",
+    "1girl",
+    "a girl with long hair is standing in a field of flowers",
+    "target: <|short|> <|tag|>\ngeneral: smile, blush",
+    "meta: highres",
+    TIPO_LIKE_PROMPT + " blue eyes, skirt,",
+    "copyrights: touhou\ncharacters: hakurei reimu",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    tok = build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+    tok.padding_side = "left"
+    return tok
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_tiny_llama(vocab_size=len(tokenizer), seed=0)
+
+
+@pytest.fixture(scope="module")
+def backend(model, tokenizer):
+    return HFBackend(model, tokenizer, dtype="float32")
+
+
+def reference_greedy(model, input_ids, attention_mask, settings):
+    """``model.generate`` greedy continuations, each cut after its first EOS."""
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                         max_new_tokens=settings.max_new_tokens,
+                         repetition_penalty=settings.repetition_penalty, pad_token_id=EOS)
+    rows = out[:, input_ids.shape[1]:].tolist()
+    return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows]
+
+
+def test_is_a_backend(backend):
+    assert isinstance(backend, Backend)
+    assert backend.context_length == 512
+    assert backend.count_tokens("1girl") == len(backend.encode("1girl"))
+    assert backend.encode("1girl")[0] == 1
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_equals_model_generate_batch_of_one(backend, model, penalty):
+    settings = SamplingSettings(temperature=0, repetition_penalty=penalty, max_new_tokens=24)
+    for prompt in PROMPTS[:4]:
+        ids = backend.encode(prompt)
+        ours = backend.generate_ids([ids], settings, [0])[0]
+        ref = reference_greedy(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), settings)
+        assert ours == ref[0]
+
+
+@pytest.mark.parametrize("runner", ["llama", "transformers"])
+def test_greedy_equals_model_generate_padded_batch(model, tokenizer, runner):
+    backend = HFBackend(model, tokenizer, dtype="float32", runner=runner)
+    enc = tokenizer(PROMPTS[:5], return_tensors="pt", padding=True)
+    assert (enc.attention_mask == 0).any()
+    ref = reference_greedy(model, enc.input_ids, enc.attention_mask, GREEDY_TO_EOS)
+    ids = [backend.encode(p) for p in PROMPTS[:5]]
+    assert backend.generate_ids(ids, GREEDY_TO_EOS, [0] * 5) == ref
+
+
+def test_seed_gives_same_output_every_run(model, tokenizer):
+    first = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [11, 12])
+    again = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [11, 12])
+    assert [c.text for c in first] == [c.text for c in again]
+    other = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [13, 14])
+    assert [c.text for c in first] != [c.text for c in other]
+
+
+def test_batch_of_eight_equals_eight_single_runs(model, tokenizer):
+    batched = HFBackend(model, tokenizer, dtype="float32", reuse_prefix=False)
+    seeds = list(range(100, 108))
+    together = batched.generate(PROMPTS, SAMPLED, seeds)
+    single = HFBackend(model, tokenizer, dtype="float32", max_batch_size=1, reuse_prefix=False)
+    alone = single.generate(PROMPTS, SAMPLED, seeds)
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]
+
+
+def test_prefix_reuse_gives_identical_output(model, tokenizer):
+    settings = SamplingSettings(max_new_tokens=16, stop_on_eos=False)
+    retries = [TIPO_LIKE_PROMPT + " red eyes,", TIPO_LIKE_PROMPT + " skirt, hat,"]
+    reusing = HFBackend(model, tokenizer, dtype="float32")
+    fresh = HFBackend(model, tokenizer, dtype="float32", reuse_prefix=False)
+    reusing.generate([TIPO_LIKE_PROMPT], settings, [1])
+    for seed, prompt in enumerate(retries):
+        a = reusing.generate([prompt], settings, [seed])
+        assert reusing.last_reused_tokens[0] >= len(reusing.encode(TIPO_LIKE_PROMPT)) - 2
+        b = fresh.generate([prompt], settings, [seed])
+        assert a == [c.__class__(**{**c.__dict__, "seconds": a[0].seconds}) for c in b]
+    batch = reusing.generate(retries, settings, [5, 6])
+    assert min(reusing.last_reused_tokens) > 0
+    assert [c.text for c in batch] == [c.text for c in fresh.generate(retries, settings, [5, 6])]
+
+
+def test_eos_stops_each_row(model, tokenizer):
+    probe = HFBackend(model, tokenizer, dtype="float32")
+    ids = [probe.encode(p) for p in PROMPTS[:3]]
+    free = probe.generate_ids(ids, GREEDY, [0, 0, 0])
+    stop_token = free[0][5]  # pretend the 6th token of row 0 is the end of sequence
+    backend = HFBackend(model, tokenizer, dtype="float32", eos_token_id=stop_token)
+    stopping = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
+    out = backend.generate(PROMPTS[:3], stopping, [0, 0, 0])
+    for row, completion in zip(free, out, strict=True):
+        if stop_token in row:
+            assert completion.finished
+            assert completion.completion_tokens == row.index(stop_token) + 1
+        else:
+            assert not completion.finished
+            assert completion.completion_tokens == 24
+    assert out[0].completion_tokens == 6
+
+
+def test_completion_text_is_the_continuation_only(backend, tokenizer):
+    out = backend.generate(["1girl, solo,"], GREEDY, [0])[0]
+    ids = backend.generate_ids([backend.encode("1girl, solo,")], GREEDY, [0])[0]
+    full = tokenizer.decode(backend.encode("1girl, solo,")[1:] + ids)
+    assert full.endswith(out.text)
+    assert "<s>" not in out.text and "</s>" not in out.text
+    assert out.prompt_tokens == len(backend.encode("1girl, solo,"))
+    assert out.completion_tokens == 24 and out.seconds > 0
+
+
+def test_prompt_longer_than_context_is_rejected(backend):
+    with pytest.raises(ValueError, match="context"):
+        backend.generate(["1girl, " * 400], GREEDY, [0])
+
+
+def test_new_tokens_are_capped_by_context(model, tokenizer):
+    backend = HFBackend(model, tokenizer, dtype="float32")
+    prompt = "1girl, " * 100
+    n = backend.count_tokens(prompt)
+    out = backend.generate([prompt], SamplingSettings(max_new_tokens=500, stop_on_eos=False), [0])[0]
+    assert out.completion_tokens == 512 - n
+
+
+@pytest.mark.parametrize("policy", [
+    DTypePolicy.uniform(torch.bfloat16),
+    DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
+])
+def test_reduced_precision_policies_run(model, tokenizer, policy):
+    backend = HFBackend(model, tokenizer, dtype="float32")
+    backend.runner.policy = policy
+    one = backend.generate(PROMPTS[:1], SAMPLED, [3])
+    two = backend.generate(PROMPTS[:2], SAMPLED, [3, 4])
+    assert one[0].completion_tokens == two[0].completion_tokens == 24
+    assert backend.generate(PROMPTS[:1], SAMPLED, [3])[0].text == one[0].text
+
+
+def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer, backend):
+    folder = tmp_path / "m"
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    expected = backend.generate(PROMPTS[:2], GREEDY, [0, 0])
+    loaded = HFBackend.from_pretrained(folder, device="cpu", dtype="float32")
+    assert [c.text for c in loaded.generate(PROMPTS[:2], GREEDY, [0, 0])] == [c.text for c in expected]
+    weights = folder / "model.safetensors"
+    single = HFBackend.from_pretrained(weights, device="cpu", dtype="float32")
+    assert single.name == "model"
+    assert [c.text for c in single.generate(PROMPTS[:2], GREEDY, [0, 0])] == [c.text for c in expected]
+
+
+def test_unknown_dtype_is_named(model, tokenizer):
+    with pytest.raises(ValueError, match="int3"):
+        HFBackend(model, tokenizer, dtype="int3")
