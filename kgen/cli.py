@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,50 +36,72 @@ def _length(value: str) -> Length:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kgen",
-        description="Upsample Danbooru tags and/or a caption into a long, detailed prompt with TIPO or DanTagGen.",
+        description="Upsample Danbooru tags and/or a caption into a detailed prompt with TIPO or DanTagGen.",
     )
-    parser.add_argument("tags", nargs="?", default="", help='comma-separated tags, e.g. "1girl, solo, long hair"')
+    parser.add_argument(
+        "tags", nargs="?", default="", help='comma-separated tags, e.g. "1girl, solo, long hair"'
+    )
     parser.add_argument("--nl", default="", help="natural-language caption")
-    parser.add_argument("--tag-length", type=_length, default=Length.LONG,
-                        help="very_short | short | long | very_long (spaces allowed); default long")
+    parser.add_argument(
+        "--tag-length",
+        type=_length,
+        default=Length.LONG,
+        help="very_short | short | long | very_long (spaces allowed); default long",
+    )
     parser.add_argument("--nl-length", type=_length, default=Length.LONG, help="same choices; default long")
-    parser.add_argument("--format", default=DEFAULT_FORMAT,
-                        help=f'a preset ("tag only", "NL only", "both, tag first", "both, NL first", '
-                             f'"both + generated NL") or a template with <|general|>-style fields; '
-                             f'default "{DEFAULT_FORMAT}"')
-    parser.add_argument("--no-formatting", action="store_true",
-                        help="keep your text as typed and only append the new content")
+    parser.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        help=f'a preset ("tag only", "NL only", "both, tag first", "both, NL first", '
+        f'"both + generated NL") or a template with <|general|>-style fields; '
+        f'default "{DEFAULT_FORMAT}"',
+    )
+    parser.add_argument(
+        "--no-formatting", action="store_true", help="keep your text as typed and only append the new content"
+    )
     parser.add_argument("--aspect-ratio", type=float, default=1.0, help="image width / height; default 1.0")
     parser.add_argument("--seed", type=int, default=-1, help="seed; negative draws a random one (default)")
     parser.add_argument("--ban-tags", default="", help='comma-separated tags or regexes, e.g. "hat, .*text"')
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL,
-                       help="registry name (see --list-models), 'name | file.gguf', or a local folder, "
-                            f".safetensors or .gguf path; default {DEFAULT_MODEL}")
-    model.add_argument("--models-dir", default=None,
-                       help="where models are downloaded and looked for (default: $KGEN_MODELS_DIR or "
-                            "~/.cache/kgen/models)")
+    model.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name (see --list-models), 'name | file.gguf', or a local folder, "
+        f".safetensors or .gguf path; default {DEFAULT_MODEL}",
+    )
+    model.add_argument(
+        "--models-dir",
+        default=None,
+        help="where models are downloaded and looked for (default: $KGEN_MODELS_DIR or ~/.cache/kgen/models)",
+    )
     model.add_argument("--offline", action="store_true", help="never download; use what is on disk")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N; default auto")
     model.add_argument("--dtype", default=None, help="transformers backend precision override (e.g. float32)")
     model.add_argument("--list-models", action="store_true", help="list registry and local models, then exit")
 
-    sampling = parser.add_argument_group("sampling")
-    defaults = SamplingSettings()
-    sampling.add_argument("--temperature", type=float, default=defaults.temperature)
-    sampling.add_argument("--top-p", type=float, default=defaults.top_p)
-    sampling.add_argument("--top-k", type=int, default=defaults.top_k)
-    sampling.add_argument("--min-p", type=float, default=defaults.min_p)
-    sampling.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    sampling.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    sampling = parser.add_argument_group(
+        "sampling",
+        "unset values take the model's protocol defaults (TIPO: temperature 0.5, top-p 0.95, "
+        "top-k 80, min-p 0.1, repetition penalty 1.17, 512 new tokens; DanTagGen: its own)",
+    )
+    sampling.add_argument("--temperature", type=float)
+    sampling.add_argument("--top-p", type=float)
+    sampling.add_argument("--top-k", type=int)
+    sampling.add_argument("--min-p", type=float)
+    sampling.add_argument("--repetition-penalty", type=float)
+    sampling.add_argument("--max-new-tokens", type=int)
 
     output = parser.add_argument_group("output")
-    output.add_argument("--json", action="store_true",
-                        help="print the fields, final prompt, tokens and seconds as JSON")
-    output.add_argument("--dry-run", action="store_true",
-                        help="print the first model input without loading any model")
-    output.add_argument("--input", type=Path, help="JSON lines of requests (keys: " + ", ".join(REQUEST_KEYS) + ")")
+    output.add_argument(
+        "--json", action="store_true", help="print the fields, final prompt, tokens and seconds as JSON"
+    )
+    output.add_argument(
+        "--dry-run", action="store_true", help="print the first model input without loading any model"
+    )
+    output.add_argument(
+        "--input", type=Path, help="JSON lines of requests (keys: " + ", ".join(REQUEST_KEYS) + ")"
+    )
     output.add_argument("--output", type=Path, help="JSON lines of results, same order (default: stdout)")
     output.add_argument("--batch-size", type=int, default=8, help="requests generated together in bulk mode")
     parser.add_argument("--version", action="version", version=f"kgen {__version__}")
@@ -113,15 +135,18 @@ def request_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None
     return UpsampleRequest(**values, no_formatting=args.no_formatting)
 
 
-def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
-    return SamplingSettings(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        max_new_tokens=args.max_new_tokens,
-    )
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
+
+
+def sampling_from_args(args: argparse.Namespace, spec=None) -> SamplingSettings | None:
+    """The protocol's default sampling with the flags given on the command line; None when none was given."""
+    overrides = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    if not overrides:
+        return None
+    from .dtg import DTG_SAMPLING
+
+    base = DTG_SAMPLING if spec is not None and spec.protocol == "dtg" else SamplingSettings()
+    return replace(base, **overrides)
 
 
 def read_bulk(args: argparse.Namespace, stream: TextIO) -> Iterator[BulkLine]:
@@ -182,6 +207,7 @@ def list_models(args: argparse.Namespace, out: TextIO) -> int:
 
 def dry_run(args: argparse.Namespace, out: TextIO) -> int:
     spec = _model_spec(args.model)
+    sampling_from_args(args, spec)  # the same validation as a real run
     if args.input is None:
         request = request_from_args(args)
         text = first_model_input(request, model=spec)
@@ -231,9 +257,9 @@ def load_backend(args: argparse.Namespace):
 
 
 def generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    sampling = sampling_from_args(args)
+    sampling = sampling_from_args(args, _model_spec(args.model))  # validate before loading a model
     if args.input is None:
-        requests = [request_from_args(args)]  # validate before loading a model
+        requests = [request_from_args(args)]
     backend, spec = load_backend(args)
     if args.input is None:
         result = upsample_many(requests, backend, model=spec, sampling=sampling)[0]
@@ -251,12 +277,20 @@ def _generate_bulk(args, backend, spec, sampling: SamplingSettings, out: TextIO)
     with _open_input(args.input) as stream:
         lines = list(read_bulk(args, stream))
     failures = 0
-    with _open_output(args.output, out) as sink, tqdm(total=len(lines), unit="prompt", file=sys.stderr) as bar:
+    with (
+        _open_output(args.output, out) as sink,
+        tqdm(total=len(lines), unit="prompt", file=sys.stderr) as bar,
+    ):
         for start in range(0, len(lines), max(1, args.batch_size)):
             chunk = lines[start : start + max(1, args.batch_size)]
             runnable = [line for line in chunk if line.request is not None]
-            results = upsample_many([line.request for line in runnable], backend, model=spec,
-                                    sampling=sampling, return_exceptions=True)
+            results = upsample_many(
+                [line.request for line in runnable],
+                backend,
+                model=spec,
+                sampling=sampling,
+                return_exceptions=True,
+            )
             by_index = dict(zip((line.index for line in runnable), results, strict=True))
             for line in chunk:
                 outcome = by_index.get(line.index)
