@@ -13,10 +13,11 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
 declare -A PINS=(
-  [tf430]="transformers==4.30.2 tokenizers==0.13.3 huggingface_hub==0.16.4 safetensors==0.4.5 numpy<2"
-  [tf446]="transformers==4.46.1 tokenizers==0.20.3 huggingface_hub==0.26.2 safetensors==0.4.5 numpy<2.2"
+  # transformers 4.30's generated sentencepiece protobuf module needs protobuf 3.20.x
+  [tf430]="transformers==4.30.2 tokenizers==0.13.3 huggingface_hub==0.16.4 safetensors==0.4.5 numpy<2 protobuf==3.20.3"
+  [tf446]="transformers==4.46.1 tokenizers==0.20.3 huggingface_hub==0.26.2 safetensors==0.4.5 numpy<2.2 protobuf>=3.20"
 )
-COMMON="torch==2.13.0 sentencepiece>=0.1.99 protobuf>=3.20 tqdm>=4.60 pytest>=7.4 hypothesis>=6.80 gguf>=0.6"
+COMMON="torch==2.13.0 sentencepiece>=0.1.99 tqdm>=4.60 pytest>=7.4 hypothesis>=6.80 gguf>=0.6"
 case "${KGEN_MATRIX_LLAMA_CPP:-}" in
   "" | 0) ;;
   1) COMMON="$COMMON llama-cpp-python" ;;

@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -453,8 +454,8 @@ class ModelStore:
         if ref.path is not None and ref.gguf_file is None:
             if not ref.path.exists():
                 raise ModelFileMissingError(f"{ref.path} does not exist")
-            if ref.path.is_file():
-                check_model_file(ref.path)
+            for file in [ref.path] if ref.path.is_file() else sorted(ref.path.glob("*.safetensors")):
+                check_model_file(file)
             return ref.path
         assert ref.spec is not None
         if ref.gguf_file is not None:
@@ -550,13 +551,18 @@ class ModelStore:
         function: Callable[..., Any] = getattr(hub, function_name)
         kwargs["local_dir"] = str(kwargs["local_dir"])
         accepted = _parameters(function)
+        staging = None
         if accepted is not None:
-            if "local_dir_use_symlinks" in accepted and _version(hub) < (0, 23):
-                kwargs["local_dir_use_symlinks"] = False  # old hubs symlink into their cache otherwise
-            if "resume_download" in accepted and _version(hub) < (0, 23):
-                kwargs["resume_download"] = True  # newer hubs always resume
+            if _version(hub) < (0, 23) and "local_dir_use_symlinks" in accepted:
+                # Old hubs download into their cache, then symlink or copy into local_dir. Copy, from a
+                # cache inside the models folder (partial files stay there for resuming), then drop it.
+                staging = self.root / ".cache" / "hub-staging"
+                kwargs.update(local_dir_use_symlinks=False, resume_download=True, cache_dir=str(staging))
             kwargs = {key: value for key, value in kwargs.items() if key in accepted}
-        return function(repo_id, **kwargs)
+        result = function(repo_id, **kwargs)
+        if staging is not None:
+            shutil.rmtree(staging / f"models--{repo_id.replace('/', '--')}", ignore_errors=True)
+        return result
 
     def _hub_errors(self, spec: ModelSpec, what: str) -> _HubErrorTranslator:
         return _HubErrorTranslator(spec, what, self.model_dir(spec))

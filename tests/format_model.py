@@ -1,9 +1,9 @@
 """A tiny LLaMA that writes TIPO-format text, trained on synthetic data in a couple of minutes on CPU.
 
 Random-weight models produce random tokens; end-to-end tests and the TGTS benchmark need completions that
-look like a TIPO model's: a comma-separated ``tag:`` line of plausible length, then EOS. This module builds such a
-model reproducibly (fixed seeds, fixed data generator), caches it under ``<repo>/.cache/format_model/<key>/`` and
-loads it from there afterwards. Nothing here is committed as a binary.
+look like a TIPO model's: a comma-separated ``tag:`` line of plausible length, then EOS. This module builds
+such a model reproducibly (fixed seeds, fixed data generator, fixed step count), caches it under
+``<repo>/.cache/format_model/<key>/`` and loads it from there afterwards. Nothing here is committed.
 
     from format_model import load_format_model, tipo_prompt
     model, tokenizer = load_format_model()
@@ -31,7 +31,9 @@ CACHE_ROOT = REPO_ROOT / ".cache" / "format_model"
 # Bump when the data generator or the training recipe changes: the cache key includes it.
 RECIPE_VERSION = 3
 
-SUBJECTS = [["1girl", "solo"], ["1boy", "solo"], ["2girls"], ["1girl", "1boy"], ["multiple girls"], ["no humans"]]
+SUBJECTS = [
+    ["1girl", "solo"], ["1boy", "solo"], ["2girls"], ["1girl", "1boy"], ["multiple girls"], ["no humans"]
+]
 COMMON = [
     "long hair", "short hair", "looking at viewer", "smile", "blush", "open mouth", "bangs", "blue eyes",
     "brown hair", "black hair", "red eyes", "skirt", "shirt", "long sleeves", "hair ornament", "gloves",
@@ -47,8 +49,9 @@ COMMON = [
     "umbrella", "bag", "cup", "chair", "table", "bed", "pillow", "scenery", "landscape", "mountain",
 ]
 THEMES = {
-    "school": ["school uniform", "serafuku", "classroom", "desk", "chalkboard", "sailor collar", "neckerchief",
-               "pleated skirt", "school bag", "kneehighs", "loafers", "indoors", "window", "sitting"],
+    "school": ["school uniform", "serafuku", "classroom", "desk", "chalkboard", "sailor collar",
+               "neckerchief", "pleated skirt", "school bag", "kneehighs", "loafers", "indoors", "window",
+               "sitting"],
     "beach": ["beach", "ocean", "swimsuit", "bikini", "sand", "wet", "horizon", "palm tree", "sun hat",
               "barefoot", "outdoors", "blue sky", "water", "day"],
     "fantasy": ["armor", "cape", "sword", "magic", "staff (weapon)", "castle", "elf", "pointy ears", "crown",
@@ -57,8 +60,8 @@ THEMES = {
               "dark", "glowing", "outdoors", "scenery", "building"],
     "cafe": ["cafe", "cup", "coffee", "table", "chair", "cake", "food", "holding cup", "apron", "maid",
              "maid headdress", "indoors", "plate", "spoon"],
-    "winter": ["snow", "snowing", "scarf", "winter clothes", "coat", "mittens", "breath", "earmuffs", "winter",
-               "outdoors", "tree", "red scarf", "fur trim", "beanie"],
+    "winter": ["snow", "snowing", "scarf", "winter clothes", "coat", "mittens", "breath", "earmuffs",
+               "winter", "outdoors", "tree", "red scarf", "fur trim", "beanie"],
 }
 CHARACTERS = {
     "hatsune miku": ("vocaloid", ["twintails", "aqua hair", "aqua eyes", "necktie", "detached sleeves"]),
@@ -73,7 +76,9 @@ CHARACTERS = {
     "rem (re:zero)": ("re:zero kara hajimeru isekai seikatsu", ["blue hair", "maid", "hair over one eye"]),
     "frieren": ("sousou no frieren", ["white hair", "elf", "pointy ears", "twintails", "green eyes"]),
     "raiden shogun": ("genshin impact", ["purple hair", "braid", "purple eyes", "kimono", "mole under eye"]),
-    "march 7th (honkai: star rail)": ("honkai: star rail", ["pink hair", "short hair", "blue eyes", "jacket"]),
+    "march 7th (honkai: star rail)": (
+        "honkai: star rail", ["pink hair", "short hair", "blue eyes", "jacket"]
+    ),
     "asuna (sao)": ("sword art online", ["orange hair", "long hair", "brown eyes", "armor"]),
     "megumin": ("kono subarashii sekai ni shukufuku wo!", ["witch hat", "red eyes", "cape", "short hair"]),
 }
@@ -179,7 +184,7 @@ def synthetic_document(rng: random.Random) -> SyntheticDocument:
 
 
 def tipo_prompt(document: SyntheticDocument, given_tags: int = 2) -> str:
-    """The model input for ``document`` with only its first ``given_tags`` tags given (as TIPO's expand mode)."""
+    """The model input for ``document`` with only its first ``given_tags`` tags given (TIPO's expand mode)."""
     lines = [f"{key}: {value}" for key, value in document.meta_lines]
     lines.append(f"target: {document.target}")
     lines.append("tag: " + ", ".join(document.tags[:given_tags]))
@@ -219,7 +224,7 @@ def _train(recipe: Recipe, out_dir: Path, log=print) -> None:
     rng = random.Random(recipe.seed)
     texts = [synthetic_document(rng).text() for _ in range(recipe.documents)]
     tokenizer = _build_tokenizer(texts, recipe.vocab_size)
-    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts)["input_ids"]]
+    encoded = [[*ids, tokenizer.eos_token_id] for ids in tokenizer(texts)["input_ids"]]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -312,14 +317,19 @@ def format_model_dir(recipe: Recipe = Recipe(), force: bool = False, log=print) 
 def load_format_model(recipe: Recipe = Recipe()):
     """``(model, tokenizer)`` of the tiny TIPO-format LLaMA, in eval mode on CPU (built on first use)."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     path = format_model_dir(recipe)
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32) if _has_dtype_kwarg() else (
         LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     )
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    # Built from tokenizer.json directly: the saved tokenizer_config names a class only recent releases have.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(path / "tokenizer.json"),
+        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+    )
+    return model, tokenizer
 
 
 def _has_dtype_kwarg() -> bool:

@@ -62,8 +62,9 @@ def convert_llama_to_gguf(
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise ValueError("biases in attention/MLP are not supported by this converter")
     n_head = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_head
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    # From the weights: transformers < 4.31 keeps a num_key_value_heads attribute but ignores it (no GQA).
+    n_kv = model.model.layers[0].self_attn.k_proj.weight.shape[0] // head_dim
     tied = bool(getattr(config, "tie_word_embeddings", False))
 
     out_path = Path(out_path)
@@ -90,8 +91,9 @@ def convert_llama_to_gguf(
     writer.add_token_types(vocab.types)
     for name, token_id in _special_ids(tokenizer).items():
         getattr(writer, f"add_{name}_token_id")(token_id)
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", True)))
-    writer.add_add_eos_token(bool(getattr(tokenizer, "add_eos_token", False)))
+    add_bos, add_eos = _adds_bos_eos(tokenizer)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(add_eos)
 
     for hf_name, tensor in model.state_dict().items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
@@ -115,10 +117,9 @@ def convert_llama_to_gguf(
 
 def _load_model(model_dir_or_model: Any) -> Any:
     if isinstance(model_dir_or_model, (str, Path)):
-        import torch
         from transformers import LlamaForCausalLM
 
-        return LlamaForCausalLM.from_pretrained(str(model_dir_or_model), torch_dtype=torch.float32)
+        return LlamaForCausalLM.from_pretrained(str(model_dir_or_model))  # any dtype: tensors go via float32
     return model_dir_or_model
 
 
@@ -237,13 +238,21 @@ class _Added:
 
 
 def _added_tokens(tokenizer: Any) -> dict[int, _Added]:
+    special = {str(token) for token in getattr(tokenizer, "all_special_tokens", [])}
     decoder = getattr(tokenizer, "added_tokens_decoder", None)
-    if decoder:
+    if decoder:  # AddedToken values since transformers 4.34, plain strings before
         return {
-            int(i): _Added(str(t.content), bool(getattr(t, "special", False))) for i, t in decoder.items()
+            int(i): _Added(str(getattr(t, "content", t)), bool(getattr(t, "special", str(t) in special)))
+            for i, t in decoder.items()
         }
-    special = set(getattr(tokenizer, "all_special_tokens", []))
     return {i: _Added(text, text in special) for text, i in tokenizer.get_added_vocab().items()}
+
+
+def _adds_bos_eos(tokenizer: Any) -> tuple[bool, bool]:
+    """What the tokenizer does, not what its flags say (transformers 5 adds BOS in a post-processor)."""
+    ids = list(tokenizer("a")["input_ids"])
+    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+    return bool(ids) and ids[0] == bos, bool(ids) and ids[-1] == eos
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:

@@ -55,6 +55,7 @@ def test_kgen_imports_without_llama_cpp(tmp_path):
     code = (
         "import sys; sys.modules['llama_cpp'] = None\n"
         "import kgen, kgen.backends.llamacpp, kgen.backends.loader, kgen.model_store\n"
+        "assert 'torch' not in sys.modules, 'importing the loader must not import torch'\n"
         "print('ok')"
     )
     repo_root = str(Path(__file__).resolve().parents[1])
@@ -111,6 +112,20 @@ def test_converted_file_has_llama_cpp_layout(tiny):
     assert tokens[long_id] == "<|long|>"
     token_types = reader.fields["tokenizer.ggml.token_type"]
     assert int(token_types.parts[token_types.data[long_id]][0]) == int(gguf.TokenType.USER_DEFINED)
+
+
+def test_converting_a_saved_folder_equals_converting_the_model(tiny, tmp_path):
+    import gguf
+    import numpy as np
+    from gguf_convert import convert_llama_to_gguf
+
+    tokenizer, model, paths = tiny
+    model.save_pretrained(str(tmp_path / "saved"), safe_serialization=True)
+    out = convert_llama_to_gguf(tmp_path / "saved", tokenizer, tmp_path / "from-folder.gguf", dtype="f16")
+    mine = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(out)).tensors}
+    expected = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(paths["f16"])).tensors}
+    assert mine.keys() == expected.keys()
+    assert all(np.array_equal(mine[name], expected[name]) for name in mine)
 
 
 def test_rotary_permutation_inverts_transformers_layout():
@@ -232,18 +247,24 @@ def piece_text(tokenizer, ids):
     return raw.decode("utf-8", errors="replace")
 
 
-def test_tokenizer_and_text_match_transformers(tiny, backends):
-    """Plain text tokenizes alike. Text right after an added token (``<|long|>``) does not: llama.cpp gives
-    each fragment a SentencePiece space prefix, transformers 4.30 strips spaces around added tokens and
-    transformers 5 keeps them as they are."""
-    tokenizer, model, _ = tiny
+def test_tokenizer_matches_sentencepiece_and_text_matches_pieces(tiny, backends):
+    """Plain text tokenizes as SentencePiece does (the vocabulary's source). Text right after an added token
+    (``<|long|>``) is another matter: llama.cpp gives each fragment a SentencePiece space prefix,
+    transformers 4.30 strips spaces around added tokens and transformers 5 keeps them as they are."""
+    import sentencepiece
+
+    tokenizer, model, paths = tiny
+    sp = sentencepiece.SentencePieceProcessor(
+        model_file=str(paths["f32"].parent / "tokenizer" / "tokenizer.model")
+    )
     backend = backends["f32"]
     long_id = tokenizer.convert_tokens_to_ids("<|long|>")
     assert backend.tokenize("a girl <|long|>")[-1] == long_id
     girl = tokenizer.convert_tokens_to_ids("\u2581girl")
-    assert backend.detokenize([girl, long_id, girl, EOS_ID]) == " girl<|long|> girl"  # continuation keeps spaces
+    assert backend.detokenize([girl, long_id, girl, EOS_ID]) == " girl<|long|> girl"  # spaces are kept
+    assert backend.tokenize("") == [BOS_ID]
     for text in PLAIN_PROMPTS:
-        ids = prompt_ids(tokenizer, text)
+        ids = [BOS_ID, *sp.encode(text)]
         assert backend.tokenize(text) == ids, text
         assert backend.count_tokens(text) == len(ids)
         expected = hf_greedy(model, ids, GREEDY.max_new_tokens)
@@ -268,6 +289,8 @@ def test_seed_decides_sampling(backends):
     runs = [backend.generate([PROMPTS[2]], settings, [seed])[0].text for seed in (7, 7, 8, 7)]
     assert runs[0] == runs[1] == runs[3]
     assert runs[2] != runs[0]
+    special = [backend.generate([PROMPTS[2]], settings, [2**32 - 1])[0].text for _ in range(2)]
+    assert special[0] == special[1]  # llama.cpp's "random seed" value is never passed through
 
 
 def test_batch_equals_single_runs_in_any_order(backends):

@@ -116,18 +116,34 @@ def test_options_validate_device_and_coerce_memory_policy():
     assert LoadOptions(device="cuda:1").device == "cuda:1"
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         LoadOptions(device="gpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match="unknown memory policy 'forget'; choose one of: keep, offload, unload"
+    ):
         LoadOptions(memory="forget")
 
 
 def test_explicit_device_is_kept_and_auto_follows_cuda(monkeypatch):
     import kgen.backends.loader as loader
 
+    monkeypatch.setattr(loader, "cuda_available", lambda: True)
+    assert resolve_device("auto", ModelKind.SAFETENSORS) == "cuda"
+    assert resolve_device("cuda:1", ModelKind.TRANSFORMERS) == "cuda:1"
     assert resolve_device("cpu", ModelKind.TRANSFORMERS) == "cpu"
     monkeypatch.setattr(loader, "cuda_available", lambda: False)
     assert resolve_device("auto", ModelKind.TRANSFORMERS) == "cpu"
-    monkeypatch.setattr(loader, "cuda_available", lambda: True)
-    assert resolve_device("auto", ModelKind.SAFETENSORS) == "cuda"
+
+
+def test_gpu_that_cannot_be_used_falls_back_to_cpu_with_reason(monkeypatch, caplog):
+    import kgen.backends.loader as loader
+
+    monkeypatch.setattr(loader, "cuda_available", lambda: False)
+    monkeypatch.setattr(loader, "gpu_offload_supported", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_device("cuda", ModelKind.TRANSFORMERS) == "cpu"
+        assert resolve_device("cuda", ModelKind.GGUF) == "cpu"
+    assert "PyTorch sees no CUDA device" in caplog.text and "GGML_CUDA" in caplog.text
+    monkeypatch.setattr(loader, "gpu_offload_supported", lambda: True)
+    assert resolve_device("auto", ModelKind.GGUF) == "cuda"
 
 
 def test_out_of_memory_detection():
@@ -190,7 +206,10 @@ def test_lone_safetensors_file_explains_what_is_missing(tmp_path):
         build_backend(tmp_path / "lone.safetensors", store_at(tmp_path), LoadOptions("cpu"), hf_loader=None)
 
 
-def test_gpu_out_of_memory_while_loading_falls_back_to_cpu(tmp_path, caplog):
+def test_gpu_out_of_memory_while_loading_falls_back_to_cpu(tmp_path, caplog, monkeypatch):
+    import kgen.backends.loader as loader
+
+    monkeypatch.setattr(loader, "cuda_available", lambda: True)
     write_transformers_folder(tmp_path / "Tiny")
     hf = RecordingHFLoader(oom_on=("cuda",))
     with caplog.at_level(logging.WARNING):
@@ -345,3 +364,95 @@ def test_errors_other_than_out_of_memory_propagate_from_generate(tmp_path):
     cache = BackendCache(store_at(tmp_path), builder=RecordingBuilder(Failing))
     with pytest.raises(ValueError, match="prompt too long"):
         cache.get(ModelRef(path=tmp_path / "a.gguf"), LoadOptions("cuda")).generate(["x"], GREEDY, [1])
+
+
+def test_gpu_full_when_moving_back_from_offload_keeps_running_on_cpu(tmp_path, caplog):
+    class GpuFillsUp(FakeBackend):
+        def to(self, device: str) -> FakeBackend:
+            if device != "cpu" and self.moves:  # the second trip to the GPU finds it full
+                raise RuntimeError(OOM)
+            return super().to(device)
+
+    cache = BackendCache(store_at(tmp_path), builder=RecordingBuilder(GpuFillsUp))
+    ref, options = ModelRef(path=tmp_path / "a.gguf"), LoadOptions("cuda", memory="offload")
+    with cache.session(ref, options):
+        pass
+    with caplog.at_level(logging.WARNING), cache.session(ref, options) as backend:
+        assert backend.device == "cpu"
+        assert backend.generate(["x"], GREEDY, [1])[0].text == "x on cpu"
+    assert "moving" in caplog.text
+
+
+# ---- with the real transformers backend on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_model
+
+    root = tmp_path_factory.mktemp("loader_models")
+    save_tiny_model(root / "Tiny", num_key_value_heads=4)  # no GQA, like TIPO (transformers 4.30 has none)
+    return root
+
+
+def test_registry_model_loads_as_transformers_backend(tiny_folder):
+    from kgen.backends.hf import HFBackend
+    from kgen.backends.loader import MovableBackend
+
+    store = store_at(tiny_folder)
+    loaded = build_backend(SPEC, store, LoadOptions(device="cpu"))
+    assert isinstance(loaded.backend, HFBackend) and isinstance(loaded.backend, MovableBackend)
+    completion = loaded.backend.generate(["a girl with long hair"], GREEDY, [0])[0]
+    assert completion.completion_tokens >= 1
+
+
+def test_weights_file_overrides_registry_weights(tiny_folder, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    store = store_at(tiny_folder)
+    weights = load_file(str(tiny_folder / "Tiny" / "model.safetensors"))
+    head = torch.zeros_like(weights["lm_head.weight"])
+    head[7], head[8] = 1.0, -1.0  # logits are 0 except +-x for tokens 7 and 8: greedy picks one of them
+    save_file(
+        {**weights, "lm_head.weight": head}, str(tmp_path / "head.safetensors"), metadata={"format": "pt"}
+    )
+    options = LoadOptions(device="cpu", dtype="float32")
+    base = build_backend(SPEC, store, options).backend
+    tuned = build_backend(ModelRef(spec=SPEC, path=tmp_path / "head.safetensors"), store, options).backend
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8, stop_on_eos=False)
+    prompt = base.encode("a girl with long hair")
+    assert set(tuned.generate_ids([prompt], settings, [0])[0]) <= {7, 8}
+    assert not set(base.generate_ids([prompt], settings, [0])[0]) <= {7, 8}
+
+
+def test_cache_with_transformers_backend_reuses_it(tiny_folder):
+    cache = BackendCache(store_at(tiny_folder))
+    options = LoadOptions(device="cpu", memory="offload")
+    with cache.session(SPEC, options) as first:
+        text = first.generate(["1girl, solo"], GREEDY, [0])[0].text
+    assert cache.loaded is not None and cache.loaded.device == "cpu"
+    with cache.session(SPEC, options) as second:
+        assert second.backend is first.backend
+        assert second.generate(["1girl, solo"], GREEDY, [0])[0].text == text
+
+
+def test_gguf_that_fails_on_gpu_is_loaded_on_cpu(tmp_path, monkeypatch, caplog):
+    import kgen.backends.loader as loader
+
+    made = []
+
+    class FakeLlama:
+        def __init__(self, path, options):
+            if options.n_gpu_layers != 0:
+                raise RuntimeError("llama.cpp could not load x.gguf: failed to allocate CUDA buffer")
+            made.append(options)
+
+    monkeypatch.setattr(loader, "LlamaCppBackend", FakeLlama)
+    monkeypatch.setattr(loader, "gpu_offload_supported", lambda: True)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
+    with caplog.at_level(logging.WARNING):
+        loaded = build_backend(tmp_path / "m.gguf", store_at(tmp_path), LoadOptions(device="auto", n_ctx=512))
+    assert loaded.device == "cpu" and made[0].n_gpu_layers == 0 and made[0].n_ctx == 512
+    assert "could not load" in caplog.text

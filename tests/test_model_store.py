@@ -533,6 +533,10 @@ def test_local_path_of_each_kind(tmp_path, gguf_repo):
     (tmp_path / "broken.gguf").write_bytes(b"GGUF")
     with pytest.raises(CorruptModelFileError):
         store.local_path(ModelRef(path=tmp_path / "broken.gguf"))
+    assert store.local_path(ModelRef(path=tmp_path / "my-hf-model")) == tmp_path / "my-hf-model"
+    (tmp_path / "my-hf-model" / "model.safetensors").write_bytes(safetensors_bytes()[:-1])
+    with pytest.raises(CorruptModelFileError):
+        store.local_path(ModelRef(path=tmp_path / "my-hf-model"))
 
 
 def test_model_ref_validation():
@@ -540,3 +544,38 @@ def test_model_ref_validation():
         ModelRef()
     with pytest.raises(ValueError, match="give spec too"):
         ModelRef(path=Path("x.gguf"), gguf_file="x.gguf")
+
+
+class OldHub(FakeHub):
+    """huggingface_hub < 0.23: downloads go through its cache and are copied into local_dir."""
+
+    __version__ = "0.16.4"
+
+    def hf_hub_download(
+        self, repo_id, filename, *, local_dir, revision=None, cache_dir=None, local_dir_use_symlinks="auto",
+        resume_download=False,
+    ):  # fmt: skip
+        self.calls.append(("hf_hub_download", repo_id, {
+            "cache_dir": cache_dir, "local_dir_use_symlinks": local_dir_use_symlinks,
+            "resume_download": resume_download,
+        }))  # fmt: skip
+        blob = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "blobs" / "abc"
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(self.repos[repo_id][filename])
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob.read_bytes())
+        return str(target)
+
+
+def test_old_hub_copies_from_a_staging_cache_it_then_removes(tmp_path, gguf_repo):
+    hub = OldHub(gguf_repo)
+    path = store_at(tmp_path, hub).fetch_gguf(TIPO_SPEC)
+    assert path.read_bytes() == gguf_repo["Owner/TIPO-test"]["TIPO-test-F16.gguf"]
+    staging = tmp_path / ".cache" / "hub-staging"
+    assert hub.calls[0][2] == {
+        "cache_dir": str(staging),
+        "local_dir_use_symlinks": False,
+        "resume_download": True,
+    }
+    assert not (staging / "models--Owner--TIPO-test").exists()  # no second copy of the model on disk

@@ -61,7 +61,9 @@ def test_top_k_zero_keeps_everything():
     assert TopK(0)(cands, NONE) is cands
 
 
-@pytest.mark.parametrize(("p", "expected"), [(0.5, {0}), (0.8, {0, 1}), (0.81, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
+@pytest.mark.parametrize(
+    ("p", "expected"), [(0.5, {0}), (0.8, {0, 1}), (0.81, {0, 1, 2}), (1.0, {0, 1, 2, 3})]
+)
 def test_top_p_keeps_smallest_set_reaching_p(p, expected):
     out = TopP(p)(Candidates(logits_of([0.5, 0.3, 0.15, 0.05])), NONE)
     assert kept(out) == expected

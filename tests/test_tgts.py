@@ -1,4 +1,4 @@
-"""TGTS correctness: tree children follow the model's distribution, completions are samplable, caches agree."""
+"""TGTS correctness: children follow the model's distribution, completions are samplable, caches agree."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def transition_logits() -> torch.Tensor:
 
 
 def bigram_model() -> LlamaForCausalLM:
-    """One LLaMA layer whose attention and MLP add nothing: the residual stream is the last token's embedding."""
+    """One LLaMA layer whose attention and MLP add nothing: the residual is the last token's embedding."""
     hidden = 16
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -98,8 +98,10 @@ def random_llama(seed: int = 0, vocab: int = 64) -> LlamaForCausalLM:
 COMMA_SPLIT = SeparatorSplitter(frozenset({COMMA}), 1)
 
 
-def expected_group_distribution(prefix: list[int], settings: SamplingSettings) -> dict[tuple[int, ...], float]:
-    """Exact probability of each next group after ``prefix`` under ``settings`` (enumerating the bigram tree)."""
+def expected_group_distribution(
+    prefix: list[int], settings: SamplingSettings
+) -> dict[tuple[int, ...], float]:
+    """Exact probability of each next group after ``prefix`` under ``settings`` (enumerating the bigram)."""
     table = transition_logits()
     result: dict[tuple[int, ...], float] = {}
 
@@ -183,8 +185,8 @@ def tiny():
 
 def _all_trees(tiny, policy, seed, n=6, **kw):
     settings = SamplingSettings(temperature=1.0, top_k=20, top_p=0.95, min_p=0.02, repetition_penalty=1.1,
-                                max_new_tokens=24)
-    separator = frozenset({5, 6})
+                                max_new_tokens=32)
+    separator = frozenset(range(3, 11))  # about one token in eight closes a group
     return tree_sample(
         tiny, [1, 10, 11, 12, 13], n, settings, seed=seed, policy=policy,
         splitter=SeparatorSplitter(separator, 1), eos_ids=[2], batch_size=4, keep_tree=True, **kw
@@ -240,22 +242,24 @@ def test_kv_sharing_gives_the_logits_of_a_fresh_forward(tiny):
         ids = torch.tensor(node.all_ids())
         with torch.no_grad():
             fresh = tiny(input_ids=ids[None]).logits[0, -1].float().softmax(-1)
-        torch.testing.assert_close(node.next_token.raw_probs, fresh[node.next_token.ids], atol=1e-5, rtol=1e-4)
+        expected = fresh[node.next_token.ids]
+        torch.testing.assert_close(node.next_token.raw_probs, expected, atol=1e-5, rtol=1e-4)
         checked += 1
     assert checked >= 3
 
 
-def test_branching_nodes_share_their_parent_cache(tiny):
+def test_children_share_their_parent_cache_slots(tiny):
     result, _ = _all_trees(tiny, "rw-mcts", seed=3, n=8)
-    branching = [n for n in result.root.walk() if len([c for c in n.children if not c.terminal]) >= 2]
-    assert branching, "the tree never branched"
-    for node in branching:
-        for child in node.children:
-            if child.terminal:
-                continue
-            prefix = child.context_slots[: len(node.context_slots)]
-            assert torch.equal(prefix, node.context_slots)
-    assert result.cache.peak_slots < result.prompt_tokens + sum(len(c.token_ids) for c in result.completions)
+    nodes = list(result.root.walk())
+    assert any(len([c for c in n.children if not c.terminal]) >= 2 for n in nodes), "the tree never branched"
+    for node in nodes[1:]:
+        if node.terminal:
+            continue
+        parent_slots = node.parent.context_slots
+        assert torch.equal(node.context_slots[: len(parent_slots)], parent_slots)
+        assert len(node.context_slots) == len(parent_slots) + len(node.tokens)
+    # Shared prefixes are stored once: the pool peaked below what separate sequences would hold.
+    assert result.cache.peak_slots < sum(result.prompt_tokens + len(c.token_ids) for c in result.completions)
 
 
 def test_forced_repeats_end_the_search_with_fewer_results():
@@ -289,3 +293,114 @@ def test_group_score_matches_the_reference_formula():
     geometric = (0.5 * 0.25) ** 0.5
     assert group_score(probs, skip_last=True) == pytest.approx((0.25 + 0.5 + geometric) / 3)
     assert group_score(probs, skip_last=False) == pytest.approx((0.25 + 1.0 + (0.125) ** (1 / 3)) / 3)
+
+
+# ---- the pipeline hook ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tagger():
+    """A random LLaMA over a small BPE vocabulary of TIPO-like text (a comma token exists)."""
+    import random
+
+    from format_model import _build_tokenizer, synthetic_document
+
+    rng = random.Random(0)
+    tokenizer = _build_tokenizer([synthetic_document(rng).text() for _ in range(200)], 400)
+    return random_llama(seed=1, vocab=len(tokenizer)), tokenizer
+
+
+def test_sample_variants_returns_n_completions_for_the_pipeline(tagger):
+    from format_model import example_prompt
+
+    from kgen.backends.base import Completion
+    from kgen.tgts import sample_variants
+
+    model, tokenizer = tagger
+    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                                max_new_tokens=20)
+    prompt = example_prompt(0)
+    result = sample_variants(model, prompt, 5, settings, seed=4, tokenizer=tokenizer, tags_per_group=1)
+    assert len(result.variants) == 5
+    assert len({v.text for v in result.variants}) == 5
+    assert not any(v.repeated for v in result.variants)
+    prompt_ids = tokenizer(prompt)["input_ids"][1:]  # without BOS
+    for variant in result.variants:
+        body = [t for t in variant.token_ids if t != tokenizer.eos_token_id]
+        # The text is exactly what follows the prompt when prompt and continuation are decoded together.
+        assert tokenizer.decode(prompt_ids + body) == tokenizer.decode(prompt_ids) + variant.text
+        assert "</s>" not in variant.text and "<s>" not in variant.text
+    completions = result.completions()
+    assert all(isinstance(c, Completion) for c in completions)
+    assert [c.completion_tokens for c in completions] == [len(v.token_ids) for v in result.variants]
+    again = sample_variants(model, prompt, 5, settings, seed=4, tokenizer=tokenizer, tags_per_group=1)
+    assert [v.text for v in again.variants] == [v.text for v in result.variants]
+
+
+def test_sample_variants_accepts_the_hf_backend(tagger):
+    from kgen.backends.hf import HFBackend
+    from kgen.tgts import sample_variants
+
+    model, tokenizer = tagger
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
+    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12)
+    result = sample_variants(backend, "tag: 1girl, solo", 3, settings, seed=0, policy="cg-mcts")
+    assert len(result.variants) == 3
+
+
+def test_sample_variants_repeats_only_when_forced():
+    from kgen.tgts import sample_variants
+
+    class Digits:
+        """Minimal tokenizer over the bigram vocabulary."""
+
+        bos_token_id, eos_token_id, pad_token_id = BOS, EOS, PAD
+
+        def __call__(self, text):
+            return {"input_ids": [BOS]}
+
+        def get_vocab(self):
+            return {str(i): i for i in range(VOCAB)}
+
+        def convert_tokens_to_string(self, tokens):
+            return "," if tokens == [str(COMMA)] else " ".join(tokens)
+
+        def decode(self, ids, **_):
+            return " ".join(str(i) for i in ids)
+
+    settings = SamplingSettings(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                                max_new_tokens=3)
+    result = sample_variants(
+        bigram_model(), "", 30, settings, seed=0, tokenizer=Digits(), policy="independent"
+    )
+    distinct = [v for v in result.variants if not v.repeated]
+    assert len(result.variants) == 30
+    assert len({v.text for v in distinct}) == len(distinct) <= 8
+    assert {v.text for v in result.variants} == {v.text for v in distinct}
+
+
+def _format_model_or_skip():
+    from format_model import CACHE_ROOT, Recipe, load_format_model
+
+    if not (CACHE_ROOT / Recipe().key() / "recipe.json").exists():
+        pytest.skip("the format model is not built yet (about 3 min): python tests/format_model.py")
+    return load_format_model()
+
+
+@pytest.mark.slow
+def test_format_model_variants_are_distinct_parseable_tag_lists():
+    from format_model import example_prompt
+
+    from kgen.tgts import sample_variants
+
+    model, tokenizer = _format_model_or_skip()
+    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0,
+                                max_new_tokens=320)
+    result = sample_variants(model, example_prompt(3), 8, settings, seed=0, tokenizer=tokenizer)
+    texts = [v.text for v in result.variants]
+    assert len(set(texts)) == 8
+    for variant in result.variants:
+        assert variant.finished
+        tags = [t.strip() for t in variant.text.split(",")]
+        assert tags[0] == ""  # the continuation starts right after the prompt's last tag: ", next tag, ..."
+        assert len(tags) > 5 and all(tags[1:]), variant.text
+    separate = sum(result.prompt_tokens + len(v.token_ids) for v in result.variants)
+    assert result.forward_tokens < separate

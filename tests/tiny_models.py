@@ -95,10 +95,11 @@ def train_sentencepiece(directory: str | Path, vocab_size: int = 700, seed: int 
 
 
 def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 700, seed: int = 0) -> Any:
-    """A LlamaTokenizer over a freshly trained SentencePiece model plus the TIPO added tokens.
+    """A LLaMA tokenizer over a freshly trained SentencePiece model plus the TIPO added tokens.
 
-    Saved into ``directory`` (``from_pretrained``-loadable) and returned. Its ``len()`` is the vocabulary
-    size a matching model needs.
+    Saved into ``directory`` (``from_pretrained``-loadable) and returned; its ``len()`` is the vocabulary
+    size a matching model needs. Loading the folder may give a fast tokenizer, which on some transformers
+    versions splits text around added tokens differently from this (slow) one.
     """
     from transformers import LlamaTokenizer
 

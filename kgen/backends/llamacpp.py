@@ -111,7 +111,9 @@ class LlamaCppBackend:
         return self.options.n_gpu_layers != 0
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        """Token ids of a prompt, always starting with BOS (as the transformers backend does)."""
+        ids = list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        return ids if ids[:1] == [self.bos_token_id] else [self.bos_token_id, *ids]
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._llm.detokenize(list(token_ids)).decode("utf-8", errors="replace")
@@ -129,7 +131,7 @@ class LlamaCppBackend:
                 f"prompt of {len(prompt_ids)} tokens leaves no room in the "
                 f"{self.context_length}-token context"
             )
-        self._llm.set_seed(seed % 2**32)
+        self._llm.set_seed(seed % 0xFFFFFFFF)  # a 32-bit seed; 0xFFFFFFFF would mean "pick a random seed"
         stream = self._llm.generate(
             list(prompt_ids),
             top_k=settings.top_k if settings.top_k > 0 else 0,

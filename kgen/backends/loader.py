@@ -48,9 +48,14 @@ class LoadOptions:
     n_ctx: int = 0  # llama.cpp context; 0: the model's
     n_threads: int | None = None  # llama.cpp CPU threads; None: all available
     gpu_layers: int = -1  # llama.cpp layers on the GPU when the device is a GPU (-1: all)
+    revision: str | None = None  # hub revision (branch, tag, commit) for files not yet on disk
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "memory", MemoryPolicy(self.memory))
+        try:
+            object.__setattr__(self, "memory", MemoryPolicy(self.memory))
+        except ValueError:
+            choices = ", ".join(policy.value for policy in MemoryPolicy)
+            raise ValueError(f"unknown memory policy {self.memory!r}; choose one of: {choices}") from None
         if self.device.split(":", 1)[0] not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of: auto, cpu, cuda, cuda:N")
 
@@ -92,12 +97,24 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str, kind: ModelKind) -> str:
-    """``auto`` -> ``cuda`` when the backend for ``kind`` can use a GPU here, else ``cpu``."""
-    if device != "auto":
+    """``auto`` -> ``cuda`` when the backend for ``kind`` can use a GPU here, else ``cpu``.
+
+    An explicit GPU that the backend cannot use here also gives ``cpu``, with a warning.
+    """
+    if device == "cpu":
         return device
-    if kind is ModelKind.GGUF:
-        return "cuda" if gpu_offload_supported() else "cpu"
-    return "cuda" if cuda_available() else "cpu"
+    gpu_usable = gpu_offload_supported() if kind is ModelKind.GGUF else cuda_available()
+    if device == "auto":
+        return "cuda" if gpu_usable else "cpu"
+    if not gpu_usable:
+        why = (
+            "llama-cpp-python was built without GPU support (reinstall with e.g. CMAKE_ARGS=-DGGML_CUDA=on)"
+            if kind is ModelKind.GGUF
+            else "PyTorch sees no CUDA device"
+        )
+        logger.warning("device %s requested but %s; using the CPU", device, why)
+        return "cpu"
+    return device
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -142,7 +159,7 @@ def build_backend(
     """Fetch the files (download when allowed) and load them on the requested device."""
     options = options or LoadOptions()
     ref = as_model_ref(target)
-    path = store.local_path(ref)
+    path = store.local_path(ref, revision=options.revision)
     device = resolve_device(options.device, ref.kind)
     if ref.kind is ModelKind.GGUF:
         return _load_gguf(ref, path, device, options)
@@ -204,7 +221,7 @@ class BackendCache:
         self.store = store
         self._builder = builder
         self._loaded: LoadedModel | None = None
-        self._key: tuple[Any, ...] | None = None
+        self._key: tuple[ModelRef, LoadOptions] | None = None
         self._options: LoadOptions | None = None
         self._offloaded = False
 
@@ -218,14 +235,13 @@ class BackendCache:
         """The backend for ``target``, loading it (and dropping the previous model) when needed."""
         options = options or LoadOptions()
         ref = as_model_ref(target)
-        key = (ref.label, ref.path, ref.kind, options.device, options.dtype, options.n_ctx,
-               options.n_threads, options.gpu_layers)  # fmt: skip
+        key = (ref, replace(options, memory=MemoryPolicy.KEEP))  # the policy alone never needs a reload
         if self._loaded is None or key != self._key:
             self.unload()
             self._loaded = self._builder(ref, self.store, options)
             self._key = key
         elif self._offloaded:
-            self._move(self._loaded.device)
+            self._move_back()
         self._options = options
         self._offloaded = False
         return ManagedBackend(self)
@@ -270,6 +286,20 @@ class BackendCache:
         self._loaded.backend.to(device)  # type: ignore[attr-defined]
         if device == "cpu":
             release_gpu_memory()
+
+    def _move_back(self) -> None:
+        """Return an offloaded model to its device; stay on the CPU when the GPU has no room now."""
+        assert self._loaded is not None
+        try:
+            self._move(self._loaded.device)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            logger.warning(
+                "out of GPU memory moving %s back (%s); running on the CPU", self._loaded.ref.label, exc
+            )
+            self._move("cpu")
+            self._loaded = replace(self._loaded, device="cpu")
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         """After an out-of-memory error on the GPU, continue on the CPU (moving or reloading the model)."""

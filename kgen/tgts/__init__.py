@@ -6,7 +6,14 @@ Needs torch; the protocol layer never imports this package at module import time
 from .cache import CachePoolFull, CacheStats, KVPool, ModelAdapter
 from .policies import CGMCTS, POLICIES, RWMCTS, GreedyTree, IndependentSampling, SearchPolicy, make_policy
 from .sampler import TreeCompletion, TreeSampleResult, Variant, VariantsResult, sample_variants, tree_sample
-from .splitters import AnySplitter, SeparatorSplitter, TextSplitter, never_split, separator_token_ids, tag_splitter
+from .splitters import (
+    AnySplitter,
+    SeparatorSplitter,
+    TextSplitter,
+    never_split,
+    separator_token_ids,
+    tag_splitter,
+)
 from .tree import Node, TreeEngine, group_score
 
 __all__ = [

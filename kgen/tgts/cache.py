@@ -2,10 +2,10 @@
 
 Every token fed through the model gets one *slot* in a pool of key/value tensors that lives on the model's
 device (per layer: ``[capacity, kv_heads, head_dim]``). A tree node owns the slots of its tokens; a sequence's
-context is the concatenation of its ancestors' slots, so children share their parent's prefix without any copy
-of the stored cache. For a batched forward the adapter gathers each row's context by index (a temporary on the
-same device), runs the model on the new tokens, and scatters the new tokens' keys/values into freshly allocated
-slots.
+context is the concatenation of its ancestors' slots, so children share their parent's prefix without any
+copy of the stored cache. For a batched forward the adapter gathers each row's context by index (a temporary
+on the same device), runs the model on the new tokens, and scatters the new tokens' keys/values into freshly
+allocated slots.
 
 Cache API differences between transformers releases live only in :class:`ModelAdapter`:
 5.x (``cache=`` keyword, ``DynamicCache(ddp_cache_data)``, ``cache.layers[i].keys``), 4.36-4.5x
@@ -131,6 +131,8 @@ class ModelAdapter:
         config = model.config
         self.layers = config.num_hidden_layers
         self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        if _major_version() < (4, 31):  # grouped-query attention came in 4.31; older caches hold every head
+            self.kv_heads = config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         parameter = next(model.parameters())
         self.device = parameter.device
@@ -184,7 +186,8 @@ class ModelAdapter:
         past = None
         if context is not None and context.shape[1] > 0:
             past = [pool.gather(layer, context) for layer in range(self.layers)]
-            mask = torch.cat([context_mask, torch.ones((batch, q), dtype=context_mask.dtype, device=self.device)], 1)
+            fresh = torch.ones((batch, q), dtype=context_mask.dtype, device=self.device)
+            mask = torch.cat([context_mask, fresh], 1)
         else:
             mask = torch.ones((batch, q), dtype=torch.long, device=self.device)
         cache = self._build_cache(past)
@@ -203,10 +206,11 @@ class ModelAdapter:
         if present is None:
             present = outputs.past_key_values
         flat_slots = new_slots.reshape(-1)
+        shape = (batch * q, self.kv_heads, self.head_dim)
         for layer in range(self.layers):
             keys, values = self._layer_states(present, layer)
-            new_keys = keys[:, :, -q:].permute(0, 2, 1, 3).reshape(batch * q, self.kv_heads, self.head_dim)
-            new_values = values[:, :, -q:].permute(0, 2, 1, 3).reshape(batch * q, self.kv_heads, self.head_dim)
+            new_keys = keys[:, :, -q:].permute(0, 2, 1, 3).reshape(shape)
+            new_values = values[:, :, -q:].permute(0, 2, 1, 3).reshape(shape)
             pool.scatter(layer, flat_slots, new_keys, new_values)
         return outputs.logits[:, -1].float()
 

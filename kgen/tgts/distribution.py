@@ -1,54 +1,46 @@
-"""Next-token distributions under the sampling settings, shared by every tree node and growing sequence."""
+"""Next-token distributions for tree nodes, computed by the backends' sampler chain (one code path)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..backends.base import SamplingSettings
+from ..backends.sampling import Candidates, SamplerChain, SamplingContext, build_chain, draw, greedy
 
 
-def allowed_probabilities(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """Sampling probabilities ``[batch, vocab]``: zero outside the allowed top-k/top-p/min-p set.
+def allowed_probabilities(
+    logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings | SamplerChain
+) -> torch.Tensor:
+    """Sampling probabilities ``[rows, vocab]`` as the chain's draw uses them; zero outside the allowed set.
 
-    ``seen`` ``[batch, vocab]`` (bool) marks tokens already in each row's sequence, for the repetition penalty.
+    ``seen`` ``[rows, vocab]`` (bool) marks the tokens already in each row (repetition penalty).
     """
-    return _filtered_probabilities(logits, seen, settings)
+    chain = settings if isinstance(settings, SamplerChain) else build_chain(settings)
+    candidates = Candidates(logits.float())
+    context = SamplingContext(seen=seen)
+    for step in chain.steps:
+        candidates = step(candidates, context)
+    if chain.select is greedy:
+        best = greedy(candidates, [])
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best[:, None], 1.0)
+    column_probs = torch.softmax(candidates.logits, dim=-1)
+    dense = torch.zeros_like(logits, dtype=torch.float32)
+    return dense.scatter_(-1, candidates.ids(), column_probs)
 
 
-def _filtered_probabilities(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    # Same order as transformers' generate: repetition penalty, temperature, top-k, top-p, min-p.
-    logits = logits.float()
-    if settings.repetition_penalty != 1.0:
-        penalised = torch.where(
-            logits > 0, logits / settings.repetition_penalty, logits * settings.repetition_penalty
-        )
-        logits = torch.where(seen, penalised, logits)
-    if settings.temperature == 0:
-        best = logits.argmax(dim=-1, keepdim=True)
-        return torch.zeros_like(logits).scatter_(-1, best, 1.0)
-    logits = logits / settings.temperature
-    if 0 < settings.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0 < settings.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= 1 - settings.top_p
-        drop_sorted[:, -1] = False
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    if settings.min_p > 0:
-        floor = settings.min_p * probs.max(dim=-1, keepdim=True).values
-        probs = probs.masked_fill(probs < floor, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+def sample_rows(
+    chain: SamplerChain, logits: torch.Tensor, seen: torch.Tensor, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """One token per row, exactly as the backends sample (same chain, one generator per row)."""
+    return chain(logits, generators, seen)
 
 
 @dataclass(frozen=True)
 class NextToken:
-    """A cached next-token distribution: the allowed ids, their sampling probabilities and raw probabilities."""
+    """A cached next-token distribution: allowed ids, their sampling probabilities and raw probabilities."""
 
     ids: torch.Tensor  # [k] long
     probs: torch.Tensor  # [k] float, sums to 1
@@ -60,6 +52,8 @@ class NextToken:
         return cls(ids, probs[ids], raw_probs[ids])
 
     def sample(self, generator: torch.Generator) -> tuple[int, float]:
-        """One token id and its raw probability."""
-        pick = torch.multinomial(self.probs, 1, generator=generator).item()
-        return int(self.ids[pick]), float(self.raw_probs[pick])
+        """One token id (drawn like the chain's ``draw``) and its raw probability."""
+        candidates = Candidates(torch.log(self.probs)[None], self.ids[None])
+        token = int(draw(candidates, [generator])[0])
+        pick = int(torch.nonzero(self.ids == token)[0, 0])
+        return token, float(self.raw_probs[pick])

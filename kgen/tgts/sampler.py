@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..backends.base import SamplingSettings
+from ..backends.base import Completion, SamplingSettings
 from .cache import CacheStats
 from .policies import POLICIES, SearchPolicy, make_policy
 from .splitters import GroupSplitter, never_split, tag_splitter
@@ -49,7 +49,7 @@ def tree_sample(
     model,
     prompt_ids: Sequence[int],
     n: int,
-    settings: SamplingSettings = SamplingSettings(),
+    settings: SamplingSettings | None = None,
     seed: int = 0,
     policy: str | SearchPolicy = "rw-mcts",
     splitter: GroupSplitter | None = None,
@@ -69,6 +69,7 @@ def tree_sample(
     reaches if every completion is a separate branch); ``max_growths`` bounds the search
     (default ``20 n + 50``). Deterministic for ``seed``.
     """
+    settings = settings or SamplingSettings()
     if n < 1:
         raise ValueError("n must be >= 1")
     if batch_size < 1:
@@ -83,6 +84,7 @@ def tree_sample(
         splitter = never_split
     if max_cache_tokens is None:
         max_cache_tokens = len(prompt_ids) + (n + batch_size) * settings.max_new_tokens
+    policy.prepare(n)
     engine = TreeEngine(model, settings, splitter, eos_ids, seed, max_cache_tokens)
     root = engine.start(prompt_ids)
     max_growths = 20 * n + 50 if max_growths is None else max_growths
@@ -141,9 +143,10 @@ def tree_sample(
 
 @dataclass(frozen=True)
 class Variant:
-    """One prompt variant for the pipeline: a completion text plus what it cost."""
+    """One prompt variant for the pipeline: a continuation of the model input."""
 
-    text: str
+    text: str  # decoded like ``Completion.text``: BOS/EOS/padding dropped, added tokens kept
+    token_ids: list[int]
     score: float
     finished: bool
     repeated: bool  # True when fewer distinct completions existed and this one repeats an earlier one
@@ -154,9 +157,16 @@ class VariantsResult:
     variants: list[Variant]
     policy: str
     prompt_tokens: int
-    forward_tokens: int
+    forward_tokens: int  # the whole tree's cost, prompt included
     seconds: float
     cache: CacheStats
+
+    def completions(self) -> list[Completion]:
+        """The variants as backend ``Completion`` objects (the tree's time split evenly among them)."""
+        share = self.seconds / max(1, len(self.variants))
+        return [
+            Completion(v.text, self.prompt_tokens, len(v.token_ids), share, v.finished) for v in self.variants
+        ]
 
 
 def _resolve_model_and_tokenizer(backend_or_model, tokenizer):
@@ -174,37 +184,53 @@ def _resolve_model_and_tokenizer(backend_or_model, tokenizer):
     )
 
 
+def _continuation_decoder(tokenizer, prompt_ids: Sequence[int], hidden: set[int]):
+    """Decode a continuation with the spacing it has after the prompt (as the HF backend does)."""
+    head = [t for t in prompt_ids if t not in hidden]
+    options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    before = tokenizer.decode(head, **options)
+
+    def decode(ids: Sequence[int]) -> str:
+        tail = [t for t in ids if t not in hidden]
+        if not tail:
+            return ""
+        full = tokenizer.decode(head + tail, **options)
+        return full[len(before) :] if full.startswith(before) else tokenizer.decode(tail, **options)
+
+    return decode
+
+
 def sample_variants(
     backend_or_model,
     prompt: str,
     n: int,
-    settings: SamplingSettings = SamplingSettings(),
+    settings: SamplingSettings | None = None,
     seed: int = 0,
     policy: str = "rw-mcts",
     tokenizer=None,
-    tags_per_group: int = 4,
+    tags_per_group: int = 8,
     batch_size: int = 16,
     max_cache_tokens: int | None = None,
+    policy_options: dict | None = None,
 ) -> VariantsResult:
-    """``n`` completions of ``prompt`` for ``n`` images, sharing computation through a TGTS tree.
+    """``n`` continuations of the model input ``prompt`` (one per image), sharing computation in a TGTS tree.
 
-    Returns exactly ``n`` variants: distinct ones first; if the model cannot produce ``n`` distinct
-    completions, earlier ones repeat (``Variant.repeated``). Texts are continuations only, decoded like
-    ``Completion.text`` (special tokens such as ``<|long|>`` kept, BOS/EOS/padding dropped).
+    ``backend_or_model``: the HF backend (anything with ``.model`` and ``.tokenizer``) or a transformers
+    causal LM plus ``tokenizer``. Returns exactly ``n`` variants: distinct ones first; if the model cannot
+    produce ``n`` distinct completions, earlier ones repeat (``Variant.repeated``). Deterministic for
+    ``seed``. ``policy``: "rw-mcts" (default, best measured), "cg-mcts", "greedy" or "independent".
     """
+    settings = settings or SamplingSettings()
     model, tokenizer = _resolve_model_and_tokenizer(backend_or_model, tokenizer)
     if tokenizer is None:
         raise ValueError("sample_variants needs the model's tokenizer")
     if policy not in POLICIES:
         raise ValueError(f"unknown TGTS policy {policy!r}; choose one of: {', '.join(POLICIES)}")
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    eos = getattr(backend_or_model, "eos_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    special = (tokenizer.bos_token_id, eos, tokenizer.pad_token_id)
     hidden = {i for i in special if i is not None}
-
-    def decode(ids: Sequence[int]) -> str:
-        return tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False)
-
     splitter = tag_splitter(tokenizer, tags_per_group) if POLICIES[policy].splits_groups else None
     result = tree_sample(
         model,
@@ -214,19 +240,20 @@ def sample_variants(
         seed,
         policy,
         splitter=splitter,
-        eos_ids=eos,
-        decode=decode,
+        eos_ids=[eos] if eos is not None else [],
+        decode=_continuation_decoder(tokenizer, prompt_ids, hidden),
         batch_size=batch_size,
         max_cache_tokens=max_cache_tokens,
+        policy_options=policy_options,
     )
-    variants = [Variant(c.text, c.score, c.finished, False) for c in result.completions]
-    if not variants:
+    if not result.completions:
         raise RuntimeError("TGTS produced no completion")
-    order = random.Random(seed)
+    variants = [Variant(c.text, c.token_ids, c.score, c.finished, False) for c in result.completions]
     distinct = list(variants)
+    order = random.Random(seed)
     while len(variants) < n:
         again = order.choice(distinct)
-        variants.append(Variant(again.text, again.score, again.finished, True))
+        variants.append(Variant(again.text, again.token_ids, again.score, again.finished, True))
     return VariantsResult(
         variants, result.policy, result.prompt_tokens, result.forward_tokens, result.seconds, result.cache
     )

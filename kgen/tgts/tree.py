@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..backends.base import SamplingSettings
+from ..backends.sampling import build_chain
 from .cache import KVPool, ModelAdapter
-from .distribution import NextToken, allowed_probabilities
+from .distribution import NextToken, allowed_probabilities, sample_rows
 
 GroupSplitter = Callable[[Sequence[int]], bool]
 
@@ -37,6 +38,7 @@ class Node:
     self_visits: int = 0
     self_value: float = 0.0
     pending: int = 0  # growths in flight whose next group will become a child of this node
+    busy: int = 0  # growths in flight at or below this node
     active: bool = True
     spent: bool = False
     duplicate_hits: int = 0
@@ -125,6 +127,7 @@ class TreeEngine:
     ) -> None:
         self.adapter = ModelAdapter(model)
         self.settings = settings
+        self.chain = build_chain(settings)
         self.splitter = splitter
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.seed = seed
@@ -151,7 +154,7 @@ class TreeEngine:
         self.forward_tokens += len(prompt_ids)
         self.forward_calls += 1
         seen = self._seen_of(list(prompt_ids))
-        probs = allowed_probabilities(logits, seen[None], self.settings)[0]
+        probs = allowed_probabilities(logits, seen[None], self.chain)[0]
         root = Node(0, None, list(prompt_ids), 0, 0, 1.0, context_slots=slot_tensor, own_slots=slots)
         root.next_token = NextToken.from_row(probs, logits[0].softmax(-1))
         self.root = root
@@ -168,11 +171,13 @@ class TreeEngine:
         """Start growing a new child group of ``node`` (and, for a rollout, its descendants)."""
         if node.terminal or node.next_token is None:
             raise ValueError("cannot grow below a terminal node")
-        generator = torch.Generator(device=self.adapter.device)
+        generator = torch.Generator(device="cpu")  # the sampler chain draws its uniforms on the CPU
         generator.manual_seed(_mix_seed(self.seed, self._tickets))
         growth = Growth(self._tickets, node, rollout, generator, self._seen_of(node.all_ids()))
         self._tickets += 1
         node.pending += 1
+        for ancestor in node.path():
+            ancestor.busy += 1
         self.active.append(growth)
         return growth
 
@@ -188,14 +193,24 @@ class TreeEngine:
             return events
         logits = self._forward(feeding)
         seen = torch.stack([g.seen for g in feeding])
-        probs = allowed_probabilities(logits, seen, self.settings)
         raw = logits.softmax(-1)
+        closing = [row for row, g in enumerate(feeding) if g.closing]
+        drawing = [row for row, g in enumerate(feeding) if not g.closing]
+        tokens: dict[int, int] = {}
+        if drawing:
+            index = torch.tensor(drawing, device=logits.device)
+            generators = [feeding[row].generator for row in drawing]
+            drawn = sample_rows(self.chain, logits[index], seen[index], generators)
+            tokens = dict(zip(drawing, drawn.tolist(), strict=True))
+        if closing:
+            index = torch.tensor(closing, device=logits.device)
+            probs = allowed_probabilities(logits[index], seen[index], self.chain)
+            next_tokens = {row: NextToken.from_row(probs[i], raw[row]) for i, row in enumerate(closing)}
         for row, growth in enumerate(feeding):
             if growth.closing:
-                self._close(growth, NextToken.from_row(probs[row], raw[row]), events)
+                self._close(growth, next_tokens[row], events)
             else:
-                token = int(torch.multinomial(probs[row], 1, generator=growth.generator))
-                self._accept(growth, token, float(raw[row, token]), events)
+                self._accept(growth, tokens[row], float(raw[row, tokens[row]]), events)
         return events
 
     def _forward(self, rows: list[Growth]) -> torch.Tensor:
@@ -211,7 +226,7 @@ class TreeEngine:
             index[i, width - len(context) :] = context
             mask[i, width - len(context) :] = 1
         new_slots = self.pool.allocate(len(rows))
-        for g, slot in zip(rows, new_slots):
+        for g, slot in zip(rows, new_slots, strict=True):
             g.slots.append(slot)
         input_ids = torch.tensor([[g.unfed] for g in rows], dtype=torch.long, device=device)
         positions = torch.tensor([[len(c)] for c in contexts], dtype=torch.long, device=device)
@@ -276,6 +291,8 @@ class TreeEngine:
         events.append(NodeEvent(node, new, growth))
         if node.terminal or not growth.rollout:
             self.active.remove(growth)
+            for ancestor in parent.path():
+                ancestor.busy -= 1
             events.append(GrowthEnd(growth, node if (new and node.terminal) else None))
             return
         # A rollout continues below the node it just produced (or joined).
@@ -283,6 +300,7 @@ class TreeEngine:
         growth.tokens, growth.raw_probs, growth.slots = [], [], []
         growth.closing = False
         node.pending += 1
+        node.busy += 1
         self._accept(growth, *node.next_token.sample(growth.generator), events)
 
     def _update_exhausted(self, node: Node | None) -> None:

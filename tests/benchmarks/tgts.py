@@ -28,8 +28,10 @@ from kgen.backends.base import SamplingSettings  # noqa: E402
 from kgen.tgts import POLICIES, tag_splitter, tree_sample  # noqa: E402
 
 # The reference's TGTS experiments: temperature 1, min-p 0.1, no other filter.
-SETTINGS = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0,
-                            max_new_tokens=320)
+TGTS_SETTINGS = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0,
+                                 max_new_tokens=320)
+# The WebUI extension's TIPO defaults (temperature 0.5, top-k 80, top-p 0.95, min-p 0.1, penalty 1.17).
+TIPO_SETTINGS = SamplingSettings(max_new_tokens=320)
 TREE_POLICIES = ["greedy", "cg-mcts", "rw-mcts"]
 
 
@@ -58,13 +60,16 @@ def mean_pairwise_jaccard_distance(sets: list[frozenset[str]]) -> float:
     return sum(1 - len(a & b) / max(1, len(a | b)) for a, b in pairs) / len(pairs)
 
 
-def run(model, tokenizer, n: int, policy: str, prompts: list[str], seed: int, options: dict) -> Row:
+def run(
+    model, tokenizer, n: int, policy: str, prompts: list[str], seed: int, options: dict,
+    settings: SamplingSettings,
+) -> Row:
     splitter = tag_splitter(tokenizer, options.get("tags_per_group", 4))
     totals = Row(n, policy, 0, 0, 0, 0.0, 0.0, 0.0, 0.0)
     for index, prompt in enumerate(prompts):
         ids = tokenizer(prompt)["input_ids"]
         result = tree_sample(
-            model, ids, n, SETTINGS, seed=seed + index, policy=policy, splitter=splitter,
+            model, ids, n, settings, seed=seed + index, policy=policy, splitter=splitter,
             eos_ids=[tokenizer.eos_token_id], decode=lambda t: tokenizer.decode(t, skip_special_tokens=True),
             batch_size=options.get("batch_size", 16),
             policy_options=options.get(policy, {}),
@@ -85,11 +90,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="8,32,128")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest when busy)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--tags-per-group", type=int, default=4)
+    parser.add_argument("--tags-per-group", type=int, default=8)
+    parser.add_argument("--rw-exploration", type=float, default=5.0)
+    parser.add_argument("--rw-root-branches", type=int, default=None)
+    parser.add_argument("--cg-exploration", type=float, default=1.0)
+    parser.add_argument("--settings", choices=["tgts", "tipo"], default="tgts",
+                        help="tgts: temperature 1 + min-p 0.1 (default); tipo: the extension's defaults")
     args = parser.parse_args()
+    settings = TIPO_SETTINGS if args.settings == "tipo" else TGTS_SETTINGS
     torch.set_num_threads(args.threads)
     model, tokenizer = load_format_model()
     prompts = [example_prompt(seed, given_tags=2) for seed in range(args.prompts)]
@@ -97,21 +108,28 @@ def main() -> None:
     policies = [p for p in args.policies.split(",") if p]
     if "independent" not in policies:
         policies.insert(0, "independent")
-    options = {"batch_size": args.batch_size, "tags_per_group": args.tags_per_group}
+    options = {
+        "batch_size": args.batch_size,
+        "tags_per_group": args.tags_per_group,
+        "rw-mcts": {"exploration": args.rw_exploration, "root_branches": args.rw_root_branches},
+        "cg-mcts": {"exploration": args.cg_exploration},
+    }
 
     header = (f"{'N':>4} {'policy':<12} {'got':>4} {'fwd tokens':>10} {'ratio':>6} {'sep. tokens':>11} "
               f"{'seconds':>8} {'tags':>6} {'jaccard':>7} {'peak KV KiB':>11}")
-    print(f"format model, {len(prompts)} prompt(s) per N, settings {SETTINGS}")
+    print(f"format model, {len(prompts)} prompt(s) per N, settings {settings}")
+    print(f"options: {options}")
     print(header)
     rows: dict[tuple[int, str], Row] = {}
     for n in sizes:
         for policy in policies:
-            row = run(model, tokenizer, n, policy, prompts, args.seed, options)
+            row = run(model, tokenizer, n, policy, prompts, args.seed, options, settings)
             rows[n, policy] = row
             base = rows[n, "independent"]
             print(f"{n:>4} {policy:<12} {row.returned:>4} {row.forward_tokens:>10} "
                   f"{row.forward_tokens / base.forward_tokens:>6.3f} {row.separate_tokens:>11} "
-                  f"{row.seconds:>8.2f} {row.distinct_tags:>6.1f} {row.jaccard:>7.3f} {row.peak_cache_kib:>11.0f}",
+                  f"{row.seconds:>8.2f} {row.distinct_tags:>6.1f} {row.jaccard:>7.3f} "
+                  f"{row.peak_cache_kib:>11.0f}",
                   flush=True)
     n = 32 if 32 in sizes else sizes[0]
     base = rows[n, "independent"]
