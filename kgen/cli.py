@@ -17,7 +17,16 @@ from typing import Any, TextIO
 from . import __version__
 from .backends.base import SamplingSettings
 from .lengths import Length
-from .pipeline import DEFAULT_FORMAT, RequestError, UpsampleRequest, first_model_input, upsample_many
+from .pipeline import (
+    DEFAULT_FORMAT,
+    RequestError,
+    UpsampleRequest,
+    UpsampleResult,
+    first_model_input,
+    independent_variants,
+    upsample_many,
+    upsample_variants,
+)
 from .postprocess import BanTagError
 
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
@@ -93,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--max-new-tokens", type=int)
 
     output = parser.add_argument_group("output")
+    output.add_argument(
+        "--variants",
+        type=int,
+        default=1,
+        help="N different prompts for each request, sampled together with TGTS (transformers models; "
+        "other backends sample them independently)",
+    )
+    output.add_argument(
+        "--tgts-policy", default="rw-mcts", help="TGTS search policy: rw-mcts, cg-mcts, greedy, independent"
+    )
     output.add_argument(
         "--json", action="store_true", help="print the fields, final prompt, tokens and seconds as JSON"
     )
@@ -262,13 +281,54 @@ def generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         requests = [request_from_args(args)]
     backend, spec = load_backend(args)
     if args.input is None:
-        result = upsample_many(requests, backend, model=spec, sampling=sampling)[0]
-        if args.json:
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        if args.variants > 1:
+            sampler = variant_sampler(backend, args.tgts_policy)
+            results = upsample_variants(requests[0], backend, args.variants, spec, sampling, sampler=sampler)
         else:
-            out.write(result.prompt + "\n")
+            results = upsample_many(requests, backend, model=spec, sampling=sampling)
+        if args.json:
+            out.writelines(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+        else:
+            out.write(VARIANT_SEPARATOR.join(r.prompt for r in results) + "\n")
         return 0
     return _generate_bulk(args, backend, spec, sampling, out)
+
+
+VARIANT_SEPARATOR = "\n---\n"
+
+
+def variant_sampler(backend, policy: str):
+    """TGTS over a transformers backend (it needs the model's KV cache); independent samples otherwise."""
+    if getattr(backend, "model", None) is None or getattr(backend, "tokenizer", None) is None:
+        return independent_variants(backend)
+    from .tgts import sample_variants
+
+    def sample(prompt: str, n: int, settings: SamplingSettings, seed: int):
+        return sample_variants(backend, prompt, n, settings, seed, policy=policy).completions()
+
+    return sample
+
+
+def _run_chunk(args, backend, spec, sampling, requests: list[UpsampleRequest]) -> list[object]:
+    """Results (or exceptions) for a chunk of bulk requests; with --variants each is a list of results."""
+    if args.variants <= 1:
+        return upsample_many(requests, backend, model=spec, sampling=sampling, return_exceptions=True)
+    sampler = variant_sampler(backend, args.tgts_policy)
+    outcomes: list[object] = []
+    for request in requests:
+        try:
+            outcomes.append(
+                upsample_variants(request, backend, args.variants, spec, sampling, sampler=sampler)
+            )
+        except Exception as exc:  # one bad request must not end the bulk run
+            outcomes.append(exc)
+    return outcomes
+
+
+def _record(outcome) -> dict[str, Any]:
+    if isinstance(outcome, UpsampleResult):
+        return outcome.to_dict()
+    return {"variants": [r.to_dict() for r in outcome]}
 
 
 def _generate_bulk(args, backend, spec, sampling: SamplingSettings, out: TextIO) -> int:
@@ -284,13 +344,7 @@ def _generate_bulk(args, backend, spec, sampling: SamplingSettings, out: TextIO)
         for start in range(0, len(lines), max(1, args.batch_size)):
             chunk = lines[start : start + max(1, args.batch_size)]
             runnable = [line for line in chunk if line.request is not None]
-            results = upsample_many(
-                [line.request for line in runnable],
-                backend,
-                model=spec,
-                sampling=sampling,
-                return_exceptions=True,
-            )
+            results = _run_chunk(args, backend, spec, sampling, [line.request for line in runnable])
             by_index = dict(zip((line.index for line in runnable), results, strict=True))
             for line in chunk:
                 outcome = by_index.get(line.index)
@@ -298,7 +352,7 @@ def _generate_bulk(args, backend, spec, sampling: SamplingSettings, out: TextIO)
                     failures += 1
                     record: dict[str, Any] = {"error": line.error or f"line {line.index + 1}: {outcome}"}
                 else:
-                    record = outcome.to_dict()
+                    record = _record(outcome)
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
             bar.update(len(chunk))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -885,38 +885,104 @@ def upsample_many(
     ``return_exceptions``: a request that fails (e.g. :class:`PromptTooLongError`) gives its exception in
     its slot instead of aborting the batch.
     """
+    lockstep = _Lockstep(len(requests), return_exceptions)
     policy = policy or RetryPolicy()
-    results: list[UpsampleResult | Exception | None] = [None] * len(requests)
-    pending: dict[int, tuple[Generator, GenerationCall]] = {}
-
-    def advance(index: int, steps: Generator, completion: Completion | None) -> None:
-        try:
-            call = next(steps) if completion is None else steps.send(completion)
-        except StopIteration as done:
-            results[index] = done.value
-            pending.pop(index, None)
-        except Exception as exc:
-            pending.pop(index, None)
-            if not return_exceptions:
-                raise
-            results[index] = exc
-        else:
-            pending[index] = (steps, call)
-
     for index, request in enumerate(requests):
+        lockstep.start(index, lambda r=request: _steps(r, backend, model, sampling, policy))
+    return lockstep.run(backend)
+
+
+# A variant sampler continues one model input ``n`` times: (prompt, n, settings, seed) -> n completions.
+VariantSampler = Callable[[str, int, SamplingSettings, int], list[Completion]]
+
+
+def independent_variants(backend: Backend) -> VariantSampler:
+    """The baseline variant sampler: ``n`` independent samples, seeds ``seed .. seed + n - 1``, one batch."""
+
+    def sample(prompt: str, n: int, settings: SamplingSettings, seed: int) -> list[Completion]:
+        return backend.generate([prompt] * n, settings, [(seed + i) % SEED_LIMIT for i in range(n)])
+
+    return sample
+
+
+def upsample_variants(
+    request: UpsampleRequest,
+    backend: Backend,
+    n: int,
+    model: Any = None,
+    sampling: SamplingSettings | None = None,
+    policy: RetryPolicy | None = None,
+    *,
+    sampler: VariantSampler | None = None,
+) -> list[UpsampleResult]:
+    """``n`` different results for one request (one per image of a batch).
+
+    Variant ``i`` is the request with seed ``seed + i``, so variant 0 equals :func:`upsample` of the request
+    when ``sampler`` is the independent one. The first model input is the same for every variant: it goes
+    once to ``sampler`` (e.g. TGTS, which shares the computation of common prefixes) for ``n`` completions;
+    each variant then runs its own retries and later tasks, batched in lockstep.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise RequestError(f"the number of variants must be a positive integer, not {n!r}")
+    policy = policy or RetryPolicy()
+    sampler = sampler or independent_variants(backend)
+    lockstep = _Lockstep(n, return_exceptions=False)
+    for i in range(n):
+        variant = replace(request, seed=(request.seed + i) % SEED_LIMIT)
+        lockstep.start(i, lambda r=variant: _steps(r, backend, model, sampling, policy))
+    first = {index: call for index, (_, call) in lockstep.pending.items()}
+    prompts = {(call.prompt, call.settings) for call in first.values()}
+    if len(first) == n and len(prompts) == 1:
+        call = first[0]
+        completions = sampler(call.prompt, n, call.settings, call.seed)
+        if len(completions) != n:
+            raise RuntimeError(f"the variant sampler returned {len(completions)} completions for {n}")
+        for index, completion in enumerate(completions):
+            lockstep.advance(index, completion)
+    return lockstep.run(backend)  # type: ignore[return-value]
+
+
+class _Lockstep:
+    """Drives request step generators together, batching each round's model inputs per sampling settings."""
+
+    def __init__(self, size: int, return_exceptions: bool) -> None:
+        self.results: list[UpsampleResult | Exception | None] = [None] * size
+        self.pending: dict[int, tuple[Generator, GenerationCall]] = {}
+        self.return_exceptions = return_exceptions
+
+    def _fail(self, index: int, exc: Exception) -> None:
+        self.pending.pop(index, None)
+        if not self.return_exceptions:
+            raise exc
+        self.results[index] = exc
+
+    def start(self, index: int, make_steps: Callable[[], Generator]) -> None:
         try:
-            advance(index, _steps(request, backend, model, sampling, policy), None)
+            steps = make_steps()
+            self.pending[index] = (steps, next(steps))
+        except StopIteration as done:
+            self.results[index] = done.value
         except Exception as exc:
-            if not return_exceptions:
-                raise
-            results[index] = exc
-    while pending:
-        groups: dict[SamplingSettings, list[int]] = {}
-        for index, (_, call) in pending.items():
-            groups.setdefault(call.settings, []).append(index)
-        for settings, indices in groups.items():
-            calls = [pending[i][1] for i in indices]
-            completions = backend.generate([c.prompt for c in calls], settings, [c.seed for c in calls])
-            for index, completion in zip(indices, completions, strict=True):
-                advance(index, pending[index][0], completion)
-    return results  # type: ignore[return-value]
+            self._fail(index, exc)
+
+    def advance(self, index: int, completion: Completion) -> None:
+        steps = self.pending[index][0]
+        try:
+            self.pending[index] = (steps, steps.send(completion))
+        except StopIteration as done:
+            self.results[index] = done.value
+            self.pending.pop(index, None)
+        except Exception as exc:
+            self._fail(index, exc)
+
+    def run(self, backend: Backend) -> list[UpsampleResult | Exception]:
+        while self.pending:
+            groups: dict[SamplingSettings, list[int]] = {}
+            for index, (_, call) in self.pending.items():
+                groups.setdefault(call.settings, []).append(index)
+            for settings, indices in groups.items():
+                calls = [self.pending[i][1] for i in indices]
+                completions = backend.generate([c.prompt for c in calls], settings, [c.seed for c in calls])
+                for index, completion in zip(indices, completions, strict=True):
+                    self.advance(index, completion)
+        return self.results  # type: ignore[return-value]

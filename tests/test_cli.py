@@ -165,3 +165,24 @@ def test_sampling_defaults_follow_the_models_protocol():
     assert dtg.top_k == 5 and dtg.temperature == DTG_SAMPLING.temperature
     tipo = cli.sampling_from_args(args, find_model("TIPO-200M"))
     assert tipo.top_k == 5 and tipo.temperature == 0.5
+
+
+def test_variants_give_distinct_prompts_seeded_per_variant(replay):
+    code, out, _ = run_cli(
+        "1girl, solo", "--seed", "5", "--variants", "3", "--json", "--tag-length", "very short"
+    )
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["seed"] for r in records] == [5, 6, 7]
+    assert len({r["prompt"] for r in records}) == 3
+    first_call = replay.calls[0]
+    assert len(first_call) == 3 and len({i.prompt for i in first_call}) == 1  # one shared first model input
+
+
+def test_variant_zero_equals_the_plain_run(monkeypatch):
+    plain_backend, variant_backend = ReplayBackend(numbered_tags), ReplayBackend(numbered_tags)
+    monkeypatch.setattr(cli, "load_backend", lambda args: (plain_backend, None))
+    plain = json.loads(run_cli("1girl", "--seed", "9", "--json")[1])
+    monkeypatch.setattr(cli, "load_backend", lambda args: (variant_backend, None))
+    first = json.loads(run_cli("1girl", "--seed", "9", "--json", "--variants", "2")[1].splitlines()[0])
+    assert first["prompt"] == plain["prompt"]
