@@ -23,11 +23,11 @@ from .pipeline import (
     UpsampleRequest,
     UpsampleResult,
     first_model_input,
-    independent_variants,
     upsample_many,
     upsample_variants,
 )
 from .postprocess import BanTagError
+from .variants import variant_sampler
 
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
 EXIT_BAD_INPUT = 2
@@ -295,18 +295,6 @@ def generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 VARIANT_SEPARATOR = "\n---\n"
-
-
-def variant_sampler(backend, policy: str):
-    """TGTS over a transformers backend (it needs the model's KV cache); independent samples otherwise."""
-    if getattr(backend, "model", None) is None or getattr(backend, "tokenizer", None) is None:
-        return independent_variants(backend)
-    from .tgts import sample_variants
-
-    def sample(prompt: str, n: int, settings: SamplingSettings, seed: int):
-        return sample_variants(backend, prompt, n, settings, seed, policy=policy).completions()
-
-    return sample
 
 
 def _run_chunk(args, backend, spec, sampling, requests: list[UpsampleRequest]) -> list[object]:

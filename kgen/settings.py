@@ -29,6 +29,19 @@ DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"  # a ModelStore label (registry hub id)
 
 
+# Settings that do not change the prompt generated for one (prompt, seed): left out of cache keys.
+PROCESS_ONLY = (
+    "enabled",
+    "seed",
+    "timing",
+    "per_image",
+    "device",
+    "source_prompt",
+    "source_result",
+    "source_variant",
+)
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the setting and the problem."""
 
@@ -83,7 +96,11 @@ class TipoSettings:
     min_p: float = option(0.1, "Min-p", minimum=0.0, maximum=1.0, step=0.01)
     device: str = option("auto", "Device", choices=DEVICES)
     no_formatting: bool = option(False, "No formatting", info="keep your prompt as typed, append new content")
-    per_image: bool = option(True, "Different prompt per image", info="after timing: one TIPO run per image")
+    per_image: bool = option(
+        True,
+        "Different prompt per image",
+        info="after timing; a batch sharing one prompt is one variants pass (TGTS)",
+    )
     tag_prompt: str = option("", "Tag prompt", info="used when the main prompt has no tags")
     nl_prompt: str = option("", "Natural language prompt")
     # Set by pasting an infotext (hidden in the UI): the user's prompt and the rewritten one of that image.
@@ -91,6 +108,8 @@ class TipoSettings:
     # used instead.
     source_prompt: str = option("", "Pasted original prompt", in_infotext=False)
     source_result: str = option("", "Pasted final prompt", in_infotext=False)
+    # The pasted image's place in a per-image variants pass ("3 of 8, base seed 100"), reproduced for it.
+    source_variant: str = option("", "Pasted variant", in_infotext=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -213,12 +232,7 @@ class TipoSettings:
 
     def cache_key(self) -> tuple:
         """Everything that changes the generated prompt (the seed is keyed separately by the caller)."""
-        return tuple(
-            (name, getattr(self, name))
-            for name in self.names()
-            if name
-            not in ("enabled", "seed", "timing", "per_image", "device", "source_prompt", "source_result")
-        )
+        return tuple((name, getattr(self, name)) for name in self.names() if name not in PROCESS_ONLY)
 
 
 def _coerce(name: str, info: OptionInfo, value: Any) -> Any:

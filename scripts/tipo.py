@@ -1,8 +1,8 @@
 """TIPO prompt upsampling for Stable Diffusion WebUI (A1111 >= 1.6) and Forge.
 
-WebUI glue only: the engine is the vendored ``kgen`` package next to this folder, loaded under a private
-module
-name so that an installed ``tipo-kgen`` (import name ``kgen`` too) neither shadows it nor is broken by it.
+WebUI glue only: the engine (``kgen.rewriter``, ``kgen.infotext``) is the vendored ``kgen`` package next to
+this folder, loaded under a private module name so that an installed ``tipo-kgen`` (import name ``kgen`` too)
+neither shadows it nor is broken by it.
 gradio is imported only where the UI is built, so the processing hooks run (and are tested) without it.
 """
 
@@ -14,11 +14,7 @@ import json
 import logging
 import random
 import sys
-import threading
-import time
-from collections import OrderedDict
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -52,17 +48,20 @@ def kgen_module(submodule: str):
 
 
 settings_module = kgen_module("settings")
-syntax = kgen_module("prompt_syntax")
+rewriter = kgen_module("rewriter")
+infotext = kgen_module("infotext")
 TipoSettings = settings_module.TipoSettings
 SettingsError = settings_module.SettingsError
+Engine = rewriter.Rewriter
 
 log = logging.getLogger("tipo")
 
 TITLE = "TIPO"
-INFOTEXT_KEY = "TIPO Parameters"
-INFOTEXT_PROMPT = "TIPO prompt"
-INFOTEXT_ERROR = "TIPO error"
-INFOTEXT_TIME = "TIPO time"
+INFOTEXT_KEY = infotext.INFOTEXT_KEY
+INFOTEXT_PROMPT = infotext.INFOTEXT_PROMPT
+INFOTEXT_ERROR = infotext.INFOTEXT_ERROR
+INFOTEXT_TIME = infotext.INFOTEXT_TIME
+INFOTEXT_VARIANT = infotext.INFOTEXT_VARIANT
 SEED_MAX = settings_module.SEED_MAX
 IMAGE_SEED_SPAN = 4294967294  # what the WebUI's get_fixed_seed draws from
 
@@ -70,183 +69,37 @@ IMAGE_SEED_SPAN = 4294967294  # what the WebUI's get_fixed_seed draws from
 # ============================================================================================ engine
 
 
-@dataclass(frozen=True)
-class Rewrite:
-    prompt: str
-    tokens: int = 0
-    seconds: float = 0.0
-    cached: bool = False
-
-
 def option_value(name: str, default: Any = None) -> Any:
     return getattr(shared.opts, name, default) if hasattr(shared, "opts") else default
 
 
-def models_dir() -> Path:
-    flag = getattr(getattr(shared, "cmd_opts", None), "tipo_models_dir", None)
-    configured = flag or option_value("tipo_models_dir", "") or ""
-    return Path(configured).expanduser() if str(configured).strip() else EXTENSION_ROOT / "models"
+def cmd_flag(name: str, default: Any = None) -> Any:
+    return getattr(getattr(shared, "cmd_opts", None), name, default)
 
 
-def offline() -> bool:
-    return bool(getattr(getattr(shared, "cmd_opts", None), "tipo_offline", False))
+def backend_config():
+    """Models folder, offline mode, memory policy and default device from the flags and settings page."""
+    configured = cmd_flag("tipo_models_dir") or option_value("tipo_models_dir", "") or ""
+    folder = Path(configured).expanduser() if str(configured).strip() else EXTENSION_ROOT / "models"
+    return rewriter.BackendConfig(
+        models_dir=folder,
+        offline=bool(cmd_flag("tipo_offline", False)),
+        memory=option_value("tipo_memory", "offload") or "offload",
+        default_device=cmd_flag("tipo_device") or option_value("tipo_default_device", "auto") or "auto",
+    )
 
 
-def resolve_device(device: str) -> str:
-    """A control value of "auto" follows --tipo-device, then the settings page, then the loader's choice."""
-    if device and device != "auto":
-        return device
-    flag = getattr(getattr(shared, "cmd_opts", None), "tipo_device", None)
-    return flag or option_value("tipo_default_device", "auto") or "auto"
-
-
-def model_store():
-    return kgen_module("model_store").ModelStore(models_dir(), offline=offline())
+BACKENDS = rewriter.LoaderBackends(backend_config)
+ENGINE = Engine(BACKENDS)
 
 
 def model_choices() -> list[str]:
     """Registry models (and their GGUF files) plus files placed in the models folder."""
     try:
-        return [ref.label for ref in model_store().choices()]
+        return [ref.label for ref in BACKENDS.store().choices()]
     except Exception as exc:  # the list must never break the UI
         log.warning("TIPO: cannot list models: %s", exc)
         return [settings_module.DEFAULT_MODEL]
-
-
-class DefaultBackends:
-    """Loads models with ``kgen.backends.loader.BackendCache`` (one model in memory at a time)."""
-
-    def __init__(self):
-        self.cache = None
-
-    @contextmanager
-    def session(self, settings):
-        loader = kgen_module("backends.loader")
-        store = model_store()
-        if (
-            self.cache is None
-            or self.cache.store.root != store.root
-            or self.cache.store.offline != store.offline
-        ):
-            if self.cache is not None:
-                self.cache.unload()
-            self.cache = loader.BackendCache(store)
-        ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
-        memory = option_value("tipo_memory", "offload") or "offload"
-        options = loader.LoadOptions(device=resolve_device(settings.device), memory=memory)
-        with self.cache.session(ref, options) as backend:
-            yield backend, ref.spec
-
-
-class Engine:
-    """Backends and finished prompts, shared by the txt2img and img2img scripts (one per WebUI process)."""
-
-    def __init__(self, backends=None, cache_size: int = 512):
-        self.backends = backends or DefaultBackends()  # has .session(settings) -> context of (backend, spec)
-        self.cache_size = cache_size
-        self.results: OrderedDict[tuple, Rewrite] = OrderedDict()
-        self.outputs: OrderedDict[str, None] = OrderedDict()  # prompts we produced: never rewritten again
-        self.lock = threading.RLock()
-        self.generations = 0  # pipeline runs (cache misses), for tests and the status line
-
-    def _remember(self, key: tuple, rewrite: Rewrite) -> None:
-        self.results[key] = rewrite
-        self.outputs[rewrite.prompt] = None
-        while len(self.results) > self.cache_size:
-            self.results.popitem(last=False)
-        while len(self.outputs) > self.cache_size:
-            self.outputs.popitem(last=False)
-
-    def rewrite(self, prompt: str, settings, seed: int, aspect_ratio: float) -> Rewrite:
-        key = (prompt, settings.cache_key(), int(seed), round(float(aspect_ratio), 1))
-        with self.lock:
-            if key in self.results:
-                self.results.move_to_end(key)
-                hit = self.results[key]
-                return Rewrite(hit.prompt, 0, 0.0, True)
-            if prompt in self.outputs:  # already upsampled (a second processing pass, e.g. ADetailer)
-                return Rewrite(prompt, 0, 0.0, True)
-            started = time.perf_counter()
-            final, tokens = self._generate(prompt, settings, seed, aspect_ratio)
-            rewrite = Rewrite(final, tokens, time.perf_counter() - started)
-            self.generations += 1
-            self._remember(key, rewrite)
-            return rewrite
-
-    def _generate(self, prompt: str, settings, seed: int, aspect_ratio: float) -> tuple[str, int]:
-        pipeline = kgen_module("pipeline")
-        base = kgen_module("backends.base")
-        parsed = syntax.parse(prompt)
-        if not parsed.tags and settings.tag_prompt.strip():
-            prompt = (
-                f"{prompt.rstrip()}, {settings.tag_prompt.strip()}" if prompt.strip() else settings.tag_prompt
-            )
-            parsed = syntax.parse(prompt)
-        nl_plain = syntax.plain_text(settings.nl_prompt)
-        fmt = settings.template if settings.format == settings_module.CUSTOM_FORMAT else settings.format
-        request = pipeline.UpsampleRequest(
-            tags=[tag.text for tag in parsed.tags],
-            nl=nl_plain,
-            tag_length=settings.tag_length,
-            nl_length=settings.nl_length,
-            aspect_ratio=aspect_ratio,
-            seed=int(seed),
-            ban_tags=settings.ban_tags,
-            format=fmt,
-            no_formatting=settings.no_formatting,
-        )
-        sampling = base.SamplingSettings(
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p
-        )
-        with self.backends.session(settings) as (backend, spec):
-            result = pipeline.upsample(request, backend, model=spec, sampling=sampling)
-        tokens = int(getattr(result, "completion_tokens", 0))
-        return compose(parsed, result, settings, request.template, nl_plain), tokens
-
-
-def compose(parsed, result, settings, template: str, nl_plain: str) -> str:
-    """The final prompt: the user's prompt with its non-tag elements in place and the new content added."""
-    postprocess = kgen_module("postprocess")
-    key = postprocess.tag_key
-    nl_new = result.new_nl
-    if settings.no_formatting:
-        return syntax.append_content(parsed, result.new_tags, nl_new)
-    units = parsed.main_units()
-    surface = {key(unit.tags[0].text): unit.text for unit in units}
-    in_block = {key(tag.text) for unit in units for tag in unit.tags}
-    user = {key(tag.text) for tag in parsed.tags}
-    fields = result.fields()
-    for name, value in list(fields.items()):
-        if isinstance(value, str):
-            fields[name] = (
-                _with_user_caption(value, nl_plain, settings.nl_prompt)
-                if name == "extended"
-                else (syntax.escape(value))
-            )
-            continue
-        placed = []
-        for tag in value:
-            k = key(tag)
-            if k in surface:
-                placed.append(surface[k])
-            elif k in user or k in in_block:
-                continue  # a user tag written elsewhere (another BREAK/AND section, or inside a group)
-            else:
-                placed.append(syntax.escape(tag))
-        fields[name] = placed
-    formats = kgen_module("formats")
-    block = formats.apply_format(formats.PromptFields(**fields), template)
-    return syntax.replace_tag_block(parsed, block)
-
-
-def _with_user_caption(extended: str, nl_plain: str, nl_typed: str) -> str:
-    """Keep the caption as the user typed it (weights included) when the model's text starts with it."""
-    if nl_plain and extended.startswith(nl_plain):
-        return nl_typed.strip() + syntax.escape(extended[len(nl_plain) :])
-    return syntax.escape(extended)
-
-
-ENGINE = Engine()
 
 
 # ============================================================================================ hooks
@@ -304,41 +157,27 @@ def aspect_ratio(p) -> float:
         return 1.0
 
 
-def source_of(prompt: str, settings) -> str:
-    """After an infotext paste through the API the prompt is still the rewritten one: start from the
-    original."""
-    if settings.source_prompt and settings.source_result and prompt == settings.source_result:
-        return settings.source_prompt
-    return prompt
+def per_image_value(values: dict[str, str]):
+    """An infotext value that differs per image, keyed by the image's final prompt. create_infotext calls
+    it with its locals (A1111 >= 1.8: ``prompt_text``, ``all_prompts``, ``index``)."""
+
+    def value(prompt_text=None, all_prompts=None, index=0, **_):
+        if prompt_text in values:
+            return values[prompt_text]
+        with suppress(IndexError, TypeError):
+            return values.get(all_prompts[index])
+        return None
+
+    return value
 
 
-def write_infotext(p, settings, seed: int, original: str, rewrites: list[Rewrite]) -> None:
-    p.extra_generation_params[INFOTEXT_KEY] = settings.to_infotext(seed=seed)
-    p.extra_generation_params[INFOTEXT_PROMPT] = original
-    tokens = sum(r.tokens for r in rewrites)
-    seconds = sum(r.seconds for r in rewrites)
-    cached = sum(r.cached for r in rewrites)
-    p.extra_generation_params[INFOTEXT_TIME] = f"{seconds:.2f}s {tokens} tokens" + (
-        f" ({cached} cached)" if cached else ""
-    )
-
-
-def run_rewrites(p, settings, prompts: list[str], seeds: list[int]) -> tuple[list[str], list[Rewrite]]:
-    ratio = aspect_ratio(p)
-    finals, rewrites, errors = [], [], []
-    for prompt, seed in zip(prompts, seeds, strict=True):
-        source = source_of(prompt, settings)
-        try:
-            rewrite = ENGINE.rewrite(source, settings, seed, ratio)
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            rewrite = Rewrite(prompt)
-        finals.append(rewrite.prompt)
-        rewrites.append(rewrite)
-    if errors:
-        unique = list(dict.fromkeys(errors))
-        warn(p, f"prompt left unchanged for {len(errors)} of {len(prompts)} image(s): {unique[0]}")
-    return finals, rewrites
+def write_infotext(p, settings, seed: int, original: str, job, *, variants: bool = True) -> None:
+    p.extra_generation_params.update(infotext.job_values(settings, seed, original, job))
+    notes = job.variant_notes(seed) if variants else {}
+    if notes:
+        p.extra_generation_params[INFOTEXT_VARIANT] = per_image_value(notes)
+    else:
+        p.extra_generation_params.pop(INFOTEXT_VARIANT, None)
 
 
 def process_before(p, settings) -> None:
@@ -349,36 +188,37 @@ def process_before(p, settings) -> None:
     seed = tipo_seed(p, settings)
     original = p.prompt
     prompts = list(original) if isinstance(original, list) else [original]
-    seeds = [(seed + int(p.seed)) % SEED_MAX] * len(prompts)
-    finals, rewrites = run_rewrites(p, settings, prompts, seeds)
-    p.prompt = finals if isinstance(original, list) else finals[0]
+    seeds = [rewriter.derive_seed(seed, p.seed)] * len(prompts)
+    job = rewriter.rewrite_each(ENGINE, settings, prompts, seeds, aspect_ratio(p))
+    if job.warning:
+        warn(p, job.warning)
+    p.prompt = job.prompts if isinstance(original, list) else job.prompts[0]
     if (
         isinstance(getattr(p, "hr_prompt", None), str)
         and p.hr_prompt == original
         and not isinstance(original, list)
     ):
         p.hr_prompt = p.prompt
-    write_infotext(p, settings, seed, prompts[0], rewrites)
+    write_infotext(p, settings, seed, prompts[0], job, variants=False)
 
 
 def process_after(p, settings) -> None:
-    """Timing "after": every image's prompt (styles and wildcards applied), seed = TIPO seed + image seed."""
+    """Timing "after": every image's prompt (styles and wildcards applied), seed = TIPO seed + image seed;
+    with "different prompt per image", one variants pass for images that share their prompt."""
     seed = tipo_seed(p, settings)
     originals = list(p.all_prompts)
-    image_seeds = list(p.all_seeds) if settings.per_image else [p.all_seeds[0]] * len(originals)
-    seeds = [(seed + int(s)) % SEED_MAX for s in image_seeds[: len(originals)]]
-    finals, rewrites = run_rewrites(p, settings, originals, seeds)
-    p.all_prompts = finals
+    job = rewriter.rewrite_images(ENGINE, settings, originals, list(p.all_seeds), seed, aspect_ratio(p))
+    if job.warning:
+        warn(p, job.warning)
+    p.all_prompts = job.prompts
     if getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None):
-        follow_all = p.hr_prompt == p.prompt
-        p.all_hr_prompts = [
-            finals[i] if (follow_all or hr == originals[i]) and i < len(finals) else hr
-            for i, hr in enumerate(p.all_hr_prompts)
-        ]
+        p.all_hr_prompts = rewriter.follow_hires(
+            p.all_hr_prompts, originals, job.prompts, p.hr_prompt == p.prompt
+        )
     if getattr(p, "main_prompt", None) == originals[0]:
-        p.main_prompt = finals[0]
+        p.main_prompt = job.prompts[0]
     original = p.prompt if isinstance(p.prompt, str) else originals[0]
-    write_infotext(p, settings, seed, source_of(original, settings), rewrites)
+    write_infotext(p, settings, seed, rewriter.source_of(original, settings), job)
 
 
 # ============================================================================================ infotext
@@ -386,41 +226,8 @@ def process_after(p, settings) -> None:
 
 @lru_cache(maxsize=64)
 def pasted_settings(raw: str) -> tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]:
-    """Valid (name, value) pairs from an infotext's TIPO JSON, plus warnings; each bad value is dropped
-    alone."""
-    warnings: list[str] = []
-    try:
-        data = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        return (), (f"unreadable {INFOTEXT_KEY} ({exc})",)
-    try:
-        parsed = TipoSettings.from_infotext(data, warnings=warnings)
-        values = {name: getattr(parsed, name) for name in TipoSettings.names()}
-        present = set(data) | {"enabled"}
-        if "v" not in data:  # a z-tipo-extension infotext: keys were translated
-            present = set(TipoSettings.names())
-    except SettingsError:
-        values, present = {"enabled": True}, {"enabled"}
-        candidates = {k: v for k, v in data.items() if k != "v"}
-        for name, value in candidates.items():
-            try:
-                one = TipoSettings.from_mapping({name: value})
-            except SettingsError as exc:
-                warnings.append(f"{exc} (from the pasted infotext; ignored)")
-                continue
-            if name in TipoSettings.names():
-                values[name] = getattr(one, name)
-                present.add(name)
-    if "model" in values and "model" in present:
-        try:
-            values["model"] = model_store().resolve_untrusted(values["model"]).label
-        except Exception as exc:
-            warnings.append(f"model from the pasted infotext ignored: {exc}")
-            present.discard("model")
-    kept = tuple((name, values[name]) for name in TipoSettings.names() if name in present and name in values)
-    return kept, tuple(warnings)
+    """Valid (name, value) pairs from an infotext's TIPO JSON, plus warnings (the model must be known)."""
+    return infotext.read_settings(raw, lambda name: BACKENDS.store().resolve_untrusted(name).label)
 
 
 def settings_in(params: dict) -> dict[str, Any] | None:
@@ -435,20 +242,10 @@ def settings_in(params: dict) -> dict[str, Any] | None:
 
 
 def infotext_reader(name: str):
-    def read(params: dict):
-        values = settings_in(params)
-        if values is None:  # an infotext without TIPO: TIPO off, pasted prompts forgotten, the rest as it was
-            return {"enabled": False, "source_prompt": "", "source_result": ""}.get(name)
-        if name == "source_prompt":
-            return params.get(INFOTEXT_PROMPT)
-        if name == "source_result":
-            return params.get("Prompt") if INFOTEXT_PROMPT in params else None
-        return values.get(name)
-
-    return read
+    return lambda params: infotext.control_value(name, params, settings_in(params))
 
 
-def on_infotext_pasted(infotext: str, params: dict) -> None:
+def on_infotext_pasted(infotext_text: str, params: dict) -> None:
     """Normalise our JSON value in place (the UI runs this before the field readers; the API does not)."""
     raw = params.get(INFOTEXT_KEY)
     if isinstance(raw, str):
@@ -544,7 +341,7 @@ class TipoScript(scripts.Script):
         seed = settings.seed if settings.seed >= 0 else random.randrange(SEED_MAX)
         ratio = (float(width) / float(height)) if width and height else 1.0
         try:
-            rewrite = ENGINE.rewrite(source_of(prompt or "", settings), settings, seed, ratio)
+            rewrite = ENGINE.rewrite(rewriter.source_of(prompt or "", settings), settings, seed, ratio)
         except Exception as exc:
             log.warning("TIPO preview failed: %s", exc)
             return prompt, f"<span class='tipo-error'>TIPO failed: {type(exc).__name__}: {exc}</span>"
@@ -696,6 +493,7 @@ def build_ui(script: TipoScript, is_img2img: bool) -> list:
                 c[name] = gr.Textbox(value="", visible=False, elem_id=eid(name))
         c["source_prompt"] = gr.Textbox(value="", visible=False, elem_id=eid("source_prompt"))
         c["source_result"] = gr.Textbox(value="", visible=False, elem_id=eid("source_result"))
+        c["source_variant"] = gr.Textbox(value="", visible=False, elem_id=eid("source_variant"))
 
     controls = [c[name] for name in TipoSettings.names()]
     script.controls_by_name = c
@@ -794,7 +592,7 @@ def on_ui_settings():
         ),
     )
     for name, info, default in TipoSettings.options():
-        if name in ("source_prompt", "source_result", "tag_prompt", "nl_prompt"):
+        if name in (*infotext.PASTED_ONLY, "tag_prompt", "nl_prompt"):
             continue
         args = {"choices": list(info.choices)} if info.choices else None
         component = gr.Dropdown if info.choices else None

@@ -5,7 +5,7 @@ import torch
 from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
 
 from kgen.backends.base import Backend, SamplingSettings
-from kgen.backends.hf import DTypePolicy, HFBackend
+from kgen.backends.hf import DTypePolicy, HFBackend, packed_linear_available
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24, stop_on_eos=False)
 GREEDY_TO_EOS = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -155,7 +155,8 @@ def test_new_tokens_are_capped_by_context(model, tokenizer):
 @pytest.mark.parametrize("policy", [
     DTypePolicy.uniform(torch.bfloat16),
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
-])
+    DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
+], ids=["bf16", "bf16-prefill-fp16-decode", "auto"])
 def test_reduced_precision_policies_run(model, tokenizer, policy):
     backend = HFBackend(model, tokenizer, dtype="float32")
     backend.runner.policy = policy
@@ -185,3 +186,13 @@ def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer):
 def test_unknown_dtype_is_named(model, tokenizer):
     with pytest.raises(ValueError, match="int3"):
         HFBackend(model, tokenizer, dtype="int3")
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this torch has no oneDNN prepacked linear")
+def test_prepacked_float32_weights_match_model_generate(model, tokenizer):
+    backend = HFBackend(model, tokenizer, dtype="float32")
+    backend.runner.policy = DTypePolicy(torch.float32, torch.float32, torch.float32, pack=True)
+    assert backend.runner.weights(torch.float32).lm_head.is_mkldnn
+    enc = tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
+    ref = reference_greedy(model, enc.input_ids, enc.attention_mask, GREEDY_TO_EOS)
+    assert backend.generate_ids([backend.encode(p) for p in PROMPTS[:3]], GREEDY_TO_EOS, [0] * 3) == ref

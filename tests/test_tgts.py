@@ -378,11 +378,9 @@ def test_sample_variants_repeats_only_when_forced():
 
 
 def _format_model_or_skip():
-    from format_model import CACHE_ROOT, Recipe, load_format_model
+    from format_model import format_model_or_skip
 
-    if not (CACHE_ROOT / Recipe().key() / "recipe.json").exists():
-        pytest.skip("the format model is not built yet (about 3 min): python tests/format_model.py")
-    return load_format_model()
+    return format_model_or_skip()
 
 
 @pytest.mark.slow

@@ -29,6 +29,9 @@ class MarkingEngine(tipo.Engine):
     def _generate(self, prompt, settings, seed, aspect_ratio):
         return f"{prompt}, tipo {seed} ar{aspect_ratio:.1f}", 3
 
+    def _generate_variants(self, prompt, settings, seed, aspect_ratio, n):
+        return [self._generate(prompt, settings, seed + i, aspect_ratio) for i in range(n)]
+
 
 class FailingBackend(ReplayBackend):
     def generate(self, prompts, settings, seeds):

@@ -107,6 +107,7 @@ def test_controls_follow_the_settings_order(page):
     assert by_name["tag_prompt"].label == "Tag prompt (TIPO)"
     assert by_name["nl_prompt"].label == "Natural language prompt (TIPO)"
     assert not by_name["source_prompt"].visible and not by_name["source_result"].visible
+    assert not by_name["source_variant"].visible
     assert by_name["model"].value in by_name["model"].choices or any(
         isinstance(c, tuple) and c[0] == by_name["model"].value for c in by_name["model"].choices
     )
@@ -200,7 +201,7 @@ def test_settings_section_has_a_default_for_each_control_and_the_global_options(
     keys = set(registered)
     assert {"tipo_hide_extra_prompts", "tipo_memory", "tipo_models_dir", "tipo_default_device"} <= keys
     for name in Settings.names():
-        if name not in ("source_prompt", "source_result", "tag_prompt", "nl_prompt"):
+        if name not in ("source_prompt", "source_result", "source_variant", "tag_prompt", "nl_prompt"):
             assert f"tipo_default_{name}" in keys, name
     assert all(info.section == ("tipo", "TIPO") for info in registered.values())
     assert registered["tipo_default_temperature"].default == 0.5

@@ -5,8 +5,8 @@ Two runners share one loop (``HFBackend._generate_batch``):
 * ``LlamaRunner`` (LLaMA-architecture models, TIPO and DanTagGen): a gpt-fast style forward written over the
   model's own weight tensors, with fused QKV and gate/up projections, a KV cache allocated once per batch
   and only the last position sent through the LM head. It does not depend on transformers' cache classes,
-  so it behaves the same on transformers 4.30 to 5.x, and it keeps separate weight copies per phase when
-  the dtype policy says prefill and decode want different precisions.
+  so it behaves the same on transformers 4.30 to 5.x, and it keeps one weight copy per dtype the policy
+  uses (``DTypePolicy``: prefill, one-row decode, batch decode).
 * ``TransformersRunner`` (any other native causal LM, e.g. mixture-of-experts models): ``model.forward``
   with the cache object transformers returns (a tuple on old versions, a Cache object on new ones).
 
@@ -15,11 +15,15 @@ row's tokens do not depend on what else is in the batch. The KV cache of the pre
 prompt that starts with tokens already in it (the pipeline's retries share a long prefix) copies those
 keys/values instead of recomputing them.
 
-CPU dtype policy (measured on a 2-core Zen 4 with AVX512-BF16, see README): prompt processing (many rows
-per matmul) in bfloat16, which oneDNN runs several times faster than float32 and ~20x faster than float16;
-single-row decoding in float16, whose matrix-vector kernel reads half the bytes of float32 and is faster
-than bfloat16's for one row; batched decoding (8 rows) in bfloat16. Without AVX512-BF16 everything is
-float32. On CUDA one 16-bit dtype (bfloat16 where supported) serves both phases.
+CPU dtype policy (measured on a 2-core Zen 4 with AVX512-BF16; numbers in README): decoding is bound by
+reading the weights once per token, prompt processing by matmul throughput. Prompt processing and batched
+decoding run in bfloat16 with the matrices prepacked once into oneDNN's blocked layout (unpacked, oneDNN
+re-packs the weights on every call, which dominates when only a few rows go through); one-row decoding runs
+in float16, whose matrix-vector kernel is the fastest 16-bit one-row path in PyTorch on CPUs (float16
+matmuls with many rows are ~20x slower, which is why the reference's float16 prompt processing is slow).
+Attention runs on a float32 cache for one row (PyTorch's fused CPU attention is slow in 16-bit dtypes) and
+as plain matmuls on a bfloat16 cache for batches. Without AVX512-BF16 everything is float32. On CUDA one
+16-bit dtype (bfloat16 where supported) serves both phases.
 """
 
 from __future__ import annotations
@@ -95,19 +99,18 @@ class DTypePolicy:
     @classmethod
     def for_device(cls, device: torch.device, dtype: torch.dtype | None = None) -> DTypePolicy:
         if dtype is not None:
-            return cls.uniform(dtype)
+            return replace(cls.uniform(dtype), pack=device.type == "cpu" and packed_linear_available())
         if device.type == "cuda":
             return cls.uniform(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         if device.type != "cpu":
             return cls.uniform(torch.float32)
         packed = packed_linear_available()
-        # PyTorch's fused CPU attention is slow in 16-bit dtypes; one row's cache is small enough for float32.
-        if cpu_has_fast_bf16() and packed:
-            return cls(torch.bfloat16, torch.bfloat16, torch.bfloat16, cache=torch.float32,
-                       batch_cache=torch.bfloat16, pack=True)
-        if cpu_has_fast_bf16():  # no prepacking: float16's matrix-vector kernel beats bfloat16 for one row
+        if cpu_has_fast_bf16():
+            # Many rows per matmul (prompt, batches): prepacked bfloat16. One row: float16's matrix-vector
+            # kernel. PyTorch's fused CPU attention is slow in 16-bit dtypes and one row's cache is small,
+            # so that cache is float32.
             return cls(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16,
-                       cache=torch.float32, batch_cache=torch.bfloat16)
+                       cache=torch.float32, batch_cache=torch.bfloat16, pack=packed)
         return cls(torch.float32, torch.float32, torch.float32, pack=packed)
 
 
@@ -603,7 +606,11 @@ class HFBackend:
             folder = source if source.exists() else None
         location = str(folder) if folder is not None else str(path_or_hub_id)
         hub = {"revision": revision, "local_files_only": local_files_only}
-        model = load_causal_lm(location, weights=weights, config=config, **hub)
+        policy = DTypePolicy.for_device(_resolve_device(device), parse_dtype(dtype))
+        # Load straight into the one dtype the policy uses (less peak memory), else float32 to convert from.
+        uniform = len({policy.prefill, policy.decode, policy.batch_decode}) == 1
+        load_dtype = policy.prefill if uniform else torch.float32
+        model = load_causal_lm(location, weights=weights, config=config, dtype=load_dtype, **hub)
         if tokenizer is None or isinstance(tokenizer, (str, Path)):
             from transformers import AutoTokenizer
 
@@ -751,8 +758,8 @@ def _transformers_version() -> tuple[int, ...]:
 
 
 def load_causal_lm(location: str, *, weights: str | Path | None = None, config: Any = None,
-                   **hub: Any) -> Any:
-    """LlamaForCausalLM (or another native transformers causal LM class) in float32, on the CPU."""
+                   dtype: torch.dtype = torch.float32, **hub: Any) -> Any:
+    """LlamaForCausalLM (or another native transformers causal LM class) in ``dtype``, on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, PretrainedConfig
 
     if isinstance(config, (str, Path)):
@@ -762,7 +769,7 @@ def load_causal_lm(location: str, *, weights: str | Path | None = None, config: 
     if not isinstance(config, PretrainedConfig):
         raise TypeError(f"config must be a path or a transformers config, not {type(config).__name__}")
     dtype_key = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
-    kwargs: dict[str, Any] = {dtype_key: torch.float32, "config": config, **hub}
+    kwargs: dict[str, Any] = {dtype_key: dtype, "config": config, **hub}
     model_class: Any = LlamaForCausalLM if config.model_type == "llama" else AutoModelForCausalLM
     try:
         if weights is None:

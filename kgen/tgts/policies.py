@@ -167,13 +167,13 @@ class RWMCTS(SearchPolicy):
     proportional to ``exp(UCT)``; the self option scores the mean value of the children created at this node.
     Every selection rolls out to a completion; the rollout's groups join the tree.
 
-    ``root_branches`` first rollouts start at the root (default ``ceil(n / c)`` with cluster size
-    ``c = clamp(n // 8, 2, 4)``): independent "clusters" that
-    later walks branch off deep inside, which keeps most pairs of variants unrelated while each variant
-    reuses much of an earlier one's computation. A walk never enters a subtree whose rollout is still
-    growing (it waits instead), so concurrency does not make the tree shallower. ``exploration`` scales the
-    children's UCT weight ``8 / depth`` of the reference; its experiments used 1-2, our benchmark
-    (tests/benchmarks/tgts.py) found 5 keeps diversity within 10% of independent sampling at half the tokens.
+    ``root_branches`` first rollouts start at the root (default ``ceil(n / c)``, cluster size
+    ``c = clamp(n // 8, 2, 3)``): independent "clusters" that later walks branch off deep inside, which keeps
+    most pairs of variants unrelated while each variant reuses much of an earlier one's computation. A walk
+    never enters a subtree whose rollout is still growing (it waits instead), so concurrency does not make
+    the tree shallower. ``exploration`` scales the children's UCT weight ``8 / depth`` of the reference; its
+    experiments used 1-2, our benchmark (tests/benchmarks/tgts.py) found 5 keeps diversity within about 10%
+    of independent sampling at half the tokens.
     """
 
     name = "rw-mcts"
@@ -187,7 +187,7 @@ class RWMCTS(SearchPolicy):
         self._root_branches = root_branches or 1
 
     def prepare(self, n: int) -> None:
-        cluster = min(4, max(2, n // 8))
+        cluster = min(3, max(2, n // 8))
         self._root_branches = self.root_branches or max(1, math.ceil(n / cluster))
 
     @staticmethod

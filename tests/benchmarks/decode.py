@@ -35,10 +35,11 @@ EOS_ID = 2
 
 # name -> (kind, dtype policy for ours, batch)
 OURS = {
-    "ours-auto": "auto",
+    "ours-auto": "auto",  # what HFBackend picks by itself for this machine
     "ours-fp32": "float32",
     "ours-bf16": "bfloat16",
     "ours-fp16": "float16",
+    "ours-fp16-decode": "fp16-decode",  # bf16 prefill + fp16 decode (the choice when oneDNN can't prepack)
 }
 QUICK = ["ours-auto/1", "ours-auto/8", "ours-bf16/1", "reference/1", "llamacpp-f16/1"]
 
@@ -85,15 +86,22 @@ def summarize(first: list[float], total: list[float], new_tokens: int, batch: in
 
 
 def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: int, repeats: int) -> dict:
-    from kgen.backends.base import SamplingSettings
-    from kgen.backends.hf import HFBackend
+    import torch
 
-    backend = HFBackend.from_pretrained(folder, device="cpu", dtype=None if policy == "auto" else policy,
-                                        reuse_prefix=False)
+    from kgen.backends.base import SamplingSettings
+    from kgen.backends.hf import DTypePolicy, HFBackend
+
+    special = {
+        "fp16-decode": DTypePolicy(torch.bfloat16, torch.float16, torch.bfloat16, cache=torch.float32,
+                                   batch_cache=torch.bfloat16),
+    }
+    dtype = None if policy == "auto" or policy in special else policy
+    backend = HFBackend.from_pretrained(folder, device="cpu", dtype=dtype, reuse_prefix=False)
+    if policy in special:
+        backend.runner.policy = special[policy]
+        backend.runner.warm_up()
     ids = [backend.encode(prompt)] * batch
     seeds = list(range(batch))
-    eos_free = backend.eos_id  # never produced: the sampler can pick any id, so we only disable stopping
-    del eos_free
 
     def run(n: int) -> None:
         settings = SamplingSettings(max_new_tokens=n, stop_on_eos=False)
@@ -141,7 +149,8 @@ def worker_llamacpp(folder: Path, prompt: str, new_tokens: int, repeats: int, th
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     gguf = convert_llama_to_gguf(folder, tokenizer, folder / "model-f16.gguf", dtype="f16")
-    llm = Llama(str(gguf), n_ctx=2048, n_threads=threads or os.cpu_count(), verbose=False, seed=0)
+    n_threads = threads or os.cpu_count()
+    llm = Llama(str(gguf), n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False, seed=0)
     ids = tokenizer(prompt)["input_ids"]
 
     def run(n: int) -> None:

@@ -1,0 +1,97 @@
+"""The TIPO part of an image's infotext ("generation parameters"): what is written, and reading it back.
+
+Written: the settings (versioned JSON), the user's original prompt, time and tokens spent, and for an image
+made by a variants pass its place in that pass. Read back: pasted values are untrusted; each bad value is
+dropped alone with a warning, and a model name is only kept when the model store knows it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .rewriter import JobRewrite, Rewrite
+from .settings import SettingsError, TipoSettings
+
+INFOTEXT_KEY = "TIPO Parameters"
+INFOTEXT_PROMPT = "TIPO prompt"
+INFOTEXT_ERROR = "TIPO error"
+INFOTEXT_TIME = "TIPO time"
+INFOTEXT_VARIANT = "TIPO variant"
+
+PASTED_ONLY = ("source_prompt", "source_result", "source_variant")
+
+
+def time_note(rewrites: Sequence[Rewrite]) -> str:
+    tokens = sum(r.tokens for r in rewrites)
+    seconds = sum(r.seconds for r in rewrites)
+    cached = sum(r.cached for r in rewrites)
+    return f"{seconds:.2f}s {tokens} tokens" + (f" ({cached} cached)" if cached else "")
+
+
+def job_values(settings: TipoSettings, tipo_seed: int, original: str, job: JobRewrite) -> dict[str, str]:
+    """The values shared by every image of the job."""
+    return {
+        INFOTEXT_KEY: settings.to_infotext(seed=tipo_seed),
+        INFOTEXT_PROMPT: original,
+        INFOTEXT_TIME: time_note(job.rewrites),
+    }
+
+
+def read_settings(
+    raw: str | Mapping[str, Any], resolve_model: Callable[[str], str]
+) -> tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]:
+    """Valid (name, value) pairs from an infotext's TIPO JSON, plus warnings; each bad value is dropped
+    alone. ``resolve_model`` maps a pasted model name to a known model's label or raises."""
+    warnings: list[str] = []
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return (), (f"unreadable {INFOTEXT_KEY} ({exc})",)
+    names = TipoSettings.names()
+    try:
+        parsed = TipoSettings.from_infotext(data, warnings=warnings)
+        values = {name: getattr(parsed, name) for name in names}
+        present = set(data) | {"enabled"}
+        if "v" not in data:  # a z-tipo-extension infotext: keys were translated
+            present = set(names)
+    except SettingsError:
+        values, present = {"enabled": True}, {"enabled"}
+        for name, value in data.items():
+            if name == "v":
+                continue
+            try:
+                one = TipoSettings.from_mapping({name: value})
+            except SettingsError as exc:
+                warnings.append(f"{exc} (from the pasted infotext; ignored)")
+                continue
+            if name in names:
+                values[name] = getattr(one, name)
+                present.add(name)
+    if "model" in values and "model" in present:
+        try:
+            values["model"] = resolve_model(values["model"])
+        except Exception as exc:
+            warnings.append(f"model from the pasted infotext ignored: {exc}")
+            present.discard("model")
+    kept = tuple((name, values[name]) for name in names if name in present and name in values)
+    return kept, tuple(warnings)
+
+
+def control_value(name: str, params: Mapping[str, Any], pasted: Mapping[str, Any] | None) -> Any:
+    """The value a pasted infotext gives the control ``name`` (None: leave the control as it is).
+
+    ``pasted``: :func:`read_settings` values, None when the infotext has no TIPO settings; then TIPO is off
+    and what a previous paste left in the hidden controls is forgotten."""
+    if pasted is None:
+        return {"enabled": False, **dict.fromkeys(PASTED_ONLY, "")}.get(name)
+    if name == "source_prompt":
+        return params.get(INFOTEXT_PROMPT)
+    if name == "source_result":
+        return params.get("Prompt") if INFOTEXT_PROMPT in params else None
+    if name == "source_variant":
+        return params.get(INFOTEXT_VARIANT, "")
+    return pasted.get(name)

@@ -1,0 +1,467 @@
+"""Rewriting the prompts of an image job with TIPO: the engine behind the WebUI extension.
+
+The WebUI script hands over plain values (the prompts, image seeds, aspect ratio and :class:`TipoSettings`)
+and writes back what comes out; everything between lives here: the user's prompt syntax is parsed, the tags
+and caption go to the pipeline as an :class:`UpsampleRequest`, the new content is put back in place, and each
+result is cached per (prompt, settings, seed, aspect ratio). With "different prompt per image", images that
+share one prompt are rewritten by ONE variants pass (TGTS on a transformers model) instead of one pipeline
+each. Pure Python at import time: models are loaded through ``kgen.backends.loader`` only when needed.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import formats, pipeline
+from . import prompt_syntax as syntax
+from .backends.base import Backend, SamplingSettings
+from .pipeline import VariantSampler
+from .settings import CUSTOM_FORMAT, SEED_MAX, TipoSettings
+from .tags import tag_key
+from .variants import variant_sampler
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Image ``index`` of ``count`` variants sampled together from the request seed ``seed``."""
+
+    index: int
+    count: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    prompt: str
+    tokens: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+    variant: Variant | None = None
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+
+
+def derive_seed(tipo_seed: int, image_seed: int) -> int:
+    """The seed of one image's rewrite: the TIPO seed plus the image seed."""
+    return (int(tipo_seed) + int(image_seed)) % SEED_MAX
+
+
+def source_of(prompt: str, settings: TipoSettings) -> str:
+    """After an infotext paste through the API the prompt is still the rewritten one: start from the
+    original."""
+    if settings.source_prompt and settings.source_result and prompt == settings.source_result:
+        return settings.source_prompt
+    return prompt
+
+
+def follow_hires(
+    hr_prompts: Sequence[str], originals: Sequence[str], finals: Sequence[str], hr_follows_main: bool
+) -> list[str]:
+    """Hires prompts after the rewrite (the reference rule): an image's hires prompt becomes its new prompt
+    when the job's hires prompt is its main prompt, or when it equals the image's original prompt."""
+    return [
+        finals[i] if (hr_follows_main or hr == originals[i]) and i < len(finals) else hr
+        for i, hr in enumerate(hr_prompts)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """What the infotext keeps so that one image of a variants pass can be made again alone: its index,
+    the number of variants, and the base seed (the image seed of the job's first image)."""
+
+    index: int
+    count: int
+    base_seed: int
+
+    PATTERN = re.compile(r"^\s*(\d+)\s+of\s+(\d+)\s*\(\s*base seed\s+(\d+)\s*\)\s*$")
+
+    def __str__(self) -> str:  # no comma: the infotext keeps it unquoted
+        return f"{self.index} of {self.count} (base seed {self.base_seed})"
+
+    @classmethod
+    def parse(cls, text: Any) -> VariantRecord | None:
+        """The record written by ``str()``; None for anything else (pasted text is untrusted)."""
+        match = cls.PATTERN.match(text) if isinstance(text, str) else None
+        if match is None:
+            return None
+        index, count, base_seed = (int(group) for group in match.groups())
+        if not 0 <= index < count or count > MAX_VARIANTS or base_seed >= SEED_MAX:
+            return None
+        return cls(index, count, base_seed)
+
+    @classmethod
+    def of(cls, variant: Variant, tipo_seed: int) -> VariantRecord:
+        return cls(variant.index, variant.count, (variant.seed - int(tipo_seed)) % SEED_MAX)
+
+
+MAX_VARIANTS = 1024  # a pasted record asking for more is not honoured
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+class Backends(Protocol):
+    def session(self, settings: TipoSettings):  # context manager of (backend, ModelSpec | None)
+        ...
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Where models live and how they are kept, as the application (WebUI settings, flags) says now."""
+
+    models_dir: Path
+    offline: bool = False
+    memory: str = "offload"  # keep | offload | unload (kgen.backends.loader.MemoryPolicy)
+    default_device: str = "auto"  # what a device control of "auto" stands for
+
+
+def resolve_device(control: str, default: str) -> str:
+    """A device control of "auto" follows the application's default device."""
+    return control if control and control != "auto" else (default or "auto")
+
+
+class LoaderBackends:
+    """Backends through ``kgen.backends.loader.BackendCache`` (one model in memory at a time). ``config`` is
+    read on every session, so changed settings take effect without a restart."""
+
+    def __init__(self, config: Callable[[], BackendConfig], builder: Callable | None = None):
+        self.config = config
+        self.builder = builder  # kgen.backends.loader.build_backend unless given (tests)
+        self.cache = None
+
+    def store(self, config: BackendConfig | None = None):
+        from .model_store import ModelStore
+
+        config = config or self.config()
+        return ModelStore(config.models_dir, offline=config.offline)
+
+    @contextmanager
+    def session(self, settings: TipoSettings) -> Iterator[tuple[Backend, Any]]:
+        from .backends import loader
+
+        config = self.config()
+        store = self.store(config)
+        if (
+            self.cache is None
+            or self.cache.store.root != store.root
+            or self.cache.store.offline != store.offline
+        ):
+            if self.cache is not None:
+                self.cache.unload()
+            custom = {} if self.builder is None else {"builder": self.builder}
+            self.cache = loader.BackendCache(store, **custom)
+        ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
+        options = loader.LoadOptions(
+            device=resolve_device(settings.device, config.default_device), memory=config.memory or "offload"
+        )
+        with self.cache.session(ref, options) as backend:
+            yield backend, ref.spec
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+class Rewriter:
+    """Finished prompts and the backends that make them; one per application, shared by its jobs.
+
+    ``backends.session(settings)`` gives ``(backend, model spec)``; ``sampler_for(backend)`` chooses how the
+    variants of a request are sampled (default: TGTS on transformers models, else independent samples).
+    """
+
+    def __init__(
+        self,
+        backends: Backends,
+        cache_size: int = 512,
+        sampler_for: Callable[[Backend], VariantSampler] = variant_sampler,
+    ):
+        self.backends = backends
+        self.sampler_for = sampler_for
+        self.cache_size = cache_size
+        self.results: OrderedDict[tuple, Rewrite | tuple[Rewrite, ...]] = OrderedDict()
+        self.outputs: OrderedDict[str, Rewrite] = OrderedDict()  # prompts we produced: never rewritten again
+        self.lock = threading.RLock()
+        self.generations = 0  # prompts generated (cache misses), for tests and the status line
+        self.variant_passes = 0
+
+    def _remember(self, key: tuple, value: Rewrite | tuple[Rewrite, ...]) -> None:
+        self.results[key] = value
+        for rewrite in value if isinstance(value, tuple) else (value,):
+            self.outputs[rewrite.prompt] = rewrite
+        while len(self.results) > self.cache_size:
+            self.results.popitem(last=False)
+        while len(self.outputs) > self.cache_size:
+            self.outputs.popitem(last=False)
+
+    @staticmethod
+    def _key(prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float, *extra: Any) -> tuple:
+        return (prompt, settings.cache_key(), int(seed), round(float(aspect_ratio), 1), *extra)
+
+    def _produced(self, prompt: str) -> Rewrite | None:
+        """A prompt this engine wrote (a second processing pass, e.g. ADetailer): it stays as it is."""
+        done = self.outputs.get(prompt)
+        return None if done is None else replace(done, tokens=0, seconds=0.0, cached=True)
+
+    def rewrite(self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float) -> Rewrite:
+        key = self._key(prompt, settings, seed, aspect_ratio)
+        with self.lock:
+            if key in self.results:
+                self.results.move_to_end(key)
+                return replace(self.results[key], tokens=0, seconds=0.0, cached=True)
+            produced = self._produced(prompt)
+            if produced is not None:
+                return produced
+            started = time.perf_counter()
+            final, tokens = self._generate(prompt, settings, seed, aspect_ratio)
+            rewrite = Rewrite(final, tokens, time.perf_counter() - started)
+            self.generations += 1
+            self._remember(key, rewrite)
+            return rewrite
+
+    def rewrite_variants(
+        self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float, n: int
+    ) -> list[Rewrite]:
+        """``n`` different rewrites of one prompt by one variants pass (variant ``i``: seed ``seed + i``)."""
+        key = self._key(prompt, settings, seed, aspect_ratio, ("variants", n))
+        with self.lock:
+            if key in self.results:
+                self.results.move_to_end(key)
+                return [replace(r, tokens=0, seconds=0.0, cached=True) for r in self.results[key]]
+            produced = self._produced(prompt)
+            if produced is not None:  # e.g. a second pass over a batch whose variants all came out the same
+                return [produced] * n
+            started = time.perf_counter()
+            made = self._generate_variants(prompt, settings, seed, aspect_ratio, n)
+            if len(made) != n:
+                raise RuntimeError(f"the variants pass returned {len(made)} prompts for {n} images")
+            share = (time.perf_counter() - started) / n
+            rewrites = tuple(
+                Rewrite(final, tokens, share, variant=Variant(i, n, int(seed)))
+                for i, (final, tokens) in enumerate(made)
+            )
+            self.generations += n
+            self.variant_passes += 1
+            self._remember(key, rewrites)
+            return list(rewrites)
+
+    def _generate(
+        self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float
+    ) -> tuple[str, int]:
+        job = RequestPlan.of(prompt, settings, seed, aspect_ratio)
+        with self.backends.session(settings) as (backend, spec):
+            result = pipeline.upsample(job.request, backend, model=spec, sampling=job.sampling)
+        return job.compose(result), int(getattr(result, "completion_tokens", 0))
+
+    def _generate_variants(
+        self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float, n: int
+    ) -> list[tuple[str, int]]:
+        job = RequestPlan.of(prompt, settings, seed, aspect_ratio)
+        with self.backends.session(settings) as (backend, spec):
+            results = pipeline.upsample_variants(
+                job.request, backend, n, spec, job.sampling, sampler=self.sampler_for(backend)
+            )
+        return [(job.compose(result), int(getattr(result, "completion_tokens", 0))) for result in results]
+
+
+@dataclass
+class RequestPlan:
+    """One WebUI prompt as a pipeline request, and how the pipeline's result goes back into it."""
+
+    parsed: syntax.ParsedPrompt
+    settings: TipoSettings
+    request: pipeline.UpsampleRequest
+    sampling: SamplingSettings
+    nl_plain: str = field(default="")
+
+    @classmethod
+    def of(cls, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float) -> RequestPlan:
+        parsed = syntax.parse(prompt)
+        if not parsed.tags and settings.tag_prompt.strip():
+            prompt = (
+                f"{prompt.rstrip()}, {settings.tag_prompt.strip()}" if prompt.strip() else settings.tag_prompt
+            )
+            parsed = syntax.parse(prompt)
+        nl_plain = syntax.plain_text(settings.nl_prompt)
+        request = pipeline.UpsampleRequest(
+            tags=[tag.text for tag in parsed.tags],
+            nl=nl_plain,
+            tag_length=settings.tag_length,
+            nl_length=settings.nl_length,
+            aspect_ratio=aspect_ratio,
+            seed=int(seed),
+            ban_tags=settings.ban_tags,
+            format=settings.template if settings.format == CUSTOM_FORMAT else settings.format,
+            no_formatting=settings.no_formatting,
+        )
+        sampling = SamplingSettings(
+            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p
+        )
+        return cls(parsed, settings, request, sampling, nl_plain)
+
+    def compose(self, result: pipeline.UpsampleResult) -> str:
+        return compose(self.parsed, result, self.settings, self.request.template, self.nl_plain)
+
+
+def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:
+    """The final prompt: the user's prompt with its non-tag elements in place and the new content added."""
+    if settings.no_formatting:
+        return syntax.append_content(parsed, result.new_tags, result.new_nl)
+    units = parsed.main_units()
+    surface = {tag_key(unit.tags[0].text): unit.text for unit in units}
+    in_block = {tag_key(tag.text) for unit in units for tag in unit.tags}
+    user = {tag_key(tag.text) for tag in parsed.tags}
+    fields = result.fields()
+    for name, value in list(fields.items()):
+        if isinstance(value, str):
+            fields[name] = (
+                _with_user_caption(value, nl_plain, settings.nl_prompt)
+                if name == "extended"
+                else syntax.escape(value)
+            )
+            continue
+        placed = []
+        for tag in value:
+            key = tag_key(tag)
+            if key in surface:
+                placed.append(surface[key])
+            elif key in user or key in in_block:
+                continue  # a user tag written elsewhere (another BREAK/AND section, or inside a group)
+            else:
+                placed.append(syntax.escape(tag))
+        fields[name] = placed
+    block = formats.apply_format(formats.PromptFields(**fields), template)
+    return syntax.replace_tag_block(parsed, block)
+
+
+def _with_user_caption(extended: str, nl_plain: str, nl_typed: str) -> str:
+    """Keep the caption as the user typed it (weights included) when the model's text starts with it."""
+    if nl_plain and extended.startswith(nl_plain):
+        return nl_typed.strip() + syntax.escape(extended[len(nl_plain) :])
+    return syntax.escape(extended)
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+@dataclass
+class JobRewrite:
+    """The prompts of a job after TIPO, one per image, and what went wrong (the prompt kept as it was)."""
+
+    prompts: list[str]
+    rewrites: list[Rewrite]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def warning(self) -> str | None:
+        if not self.errors:
+            return None
+        first = next(iter(dict.fromkeys(self.errors)))
+        return f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s): {first}"
+
+    def variant_notes(self, tipo_seed: int) -> dict[str, str]:
+        """Final prompt -> the infotext record of its variant (images made by a variants pass only)."""
+        notes: dict[str, str] = {}
+        for rewrite in self.rewrites:
+            if rewrite.variant is not None:
+                notes.setdefault(rewrite.prompt, str(VariantRecord.of(rewrite.variant, tipo_seed)))
+        return notes
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def rewrite_each(
+    rewriter: Rewriter,
+    settings: TipoSettings,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    aspect_ratio: float,
+) -> JobRewrite:
+    """One rewrite per prompt with its own seed; a failure keeps that prompt as it was."""
+    job = JobRewrite([], [])
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        try:
+            rewrite = rewriter.rewrite(source_of(prompt, settings), settings, seed, aspect_ratio)
+        except Exception as exc:
+            job.errors.append(_failure(exc))
+            rewrite = Rewrite(prompt)
+        job.prompts.append(rewrite.prompt)
+        job.rewrites.append(rewrite)
+    return job
+
+
+def rewrite_images(
+    rewriter: Rewriter,
+    settings: TipoSettings,
+    prompts: Sequence[str],
+    image_seeds: Sequence[int],
+    tipo_seed: int,
+    aspect_ratio: float,
+) -> JobRewrite:
+    """Timing "after": every image's prompt (styles and wildcards applied).
+
+    Per image off: every image is rewritten with the first image's seed. Per image on: images that share
+    one prompt get the variants of ONE pass (base seed: the first image's seed), image ``i`` variant ``i``;
+    a single image pasted from such a job (``settings.source_variant``) gets its variant again; prompts that
+    differ (wildcards) are rewritten one by one, each with its own image's seed.
+    """
+    prompts = list(prompts)
+    if not settings.per_image:
+        seeds = [derive_seed(tipo_seed, image_seeds[0])] * len(prompts)
+        return rewrite_each(rewriter, settings, prompts, seeds, aspect_ratio)
+    sources = [source_of(prompt, settings) for prompt in prompts]
+    record = VariantRecord.parse(settings.source_variant)
+    if len(prompts) == 1 and record is not None and sources[0] == settings.source_prompt:
+        return _variants_job(
+            rewriter,
+            settings,
+            prompts,
+            sources[0],
+            tipo_seed,
+            record.base_seed,
+            aspect_ratio,
+            record.count,
+            pick=record.index,
+        )
+    if len(prompts) > 1 and len(set(sources)) == 1:
+        return _variants_job(
+            rewriter, settings, prompts, sources[0], tipo_seed, image_seeds[0], aspect_ratio, len(prompts)
+        )
+    seeds = [derive_seed(tipo_seed, seed) for seed in image_seeds[: len(prompts)]]
+    return rewrite_each(rewriter, settings, prompts, seeds, aspect_ratio)
+
+
+def _variants_job(
+    rewriter: Rewriter,
+    settings: TipoSettings,
+    prompts: list[str],
+    source: str,
+    tipo_seed: int,
+    base_seed: int,
+    aspect_ratio: float,
+    count: int,
+    pick: int | None = None,
+) -> JobRewrite:
+    try:
+        variants = rewriter.rewrite_variants(
+            source, settings, derive_seed(tipo_seed, base_seed), aspect_ratio, count
+        )
+    except Exception as exc:
+        return JobRewrite(
+            list(prompts), [Rewrite(prompt) for prompt in prompts], [_failure(exc)] * len(prompts)
+        )
+    chosen = [variants[pick]] if pick is not None else variants
+    return JobRewrite([rewrite.prompt for rewrite in chosen], chosen)

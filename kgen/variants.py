@@ -1,0 +1,33 @@
+"""Choosing how the ``n`` variants of one request are sampled (shared by the CLI and the WebUI)."""
+
+from __future__ import annotations
+
+from .backends.base import Backend, Completion, SamplingSettings
+from .pipeline import VariantSampler, independent_variants
+
+DEFAULT_POLICY = "rw-mcts"
+
+
+def supports_tgts(backend: Backend) -> bool:
+    """TGTS grows its tree on the model's KV cache: it needs the transformers model and tokenizer."""
+    return getattr(backend, "model", None) is not None and getattr(backend, "tokenizer", None) is not None
+
+
+def model_backend(backend: Backend) -> Backend:
+    """The model's own backend behind the loader's ``ManagedBackend`` (other backends: themselves)."""
+    from .backends.loader import ManagedBackend
+
+    return backend.backend if isinstance(backend, ManagedBackend) else backend
+
+
+def variant_sampler(backend: Backend, policy: str = DEFAULT_POLICY) -> VariantSampler:
+    """TGTS over a transformers backend; independent samples (one batch) for any other backend."""
+    model = model_backend(backend)
+    if not supports_tgts(model):
+        return independent_variants(backend)
+    from .tgts import sample_variants  # needs torch: imported only when a tree is grown
+
+    def sample(prompt: str, n: int, settings: SamplingSettings, seed: int) -> list[Completion]:
+        return sample_variants(model, prompt, n, settings, seed, policy=policy).completions()
+
+    return sample
