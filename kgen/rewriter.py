@@ -128,7 +128,7 @@ class BackendConfig:
     default_device: str = "auto"  # what a device control of "auto" stands for
 
 
-def resolve_device(control: str, default: str) -> str:
+def device_for(control: str, default: str) -> str:
     """A device control of "auto" follows the application's default device."""
     return control if control and control != "auto" else (default or "auto")
 
@@ -165,7 +165,7 @@ class LoaderBackends:
             self.cache = loader.BackendCache(store, **custom)
         ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
         options = loader.LoadOptions(
-            device=resolve_device(settings.device, config.default_device), memory=config.memory or "offload"
+            device=device_for(settings.device, config.default_device), memory=config.memory or "offload"
         )
         with self.cache.session(ref, options) as backend:
             yield backend, ref.spec

@@ -22,8 +22,8 @@ from kgen.rewriter import (
     Variant,
     VariantRecord,
     derive_seed,
+    device_for,
     follow_hires,
-    resolve_device,
     rewrite_each,
     rewrite_images,
     source_of,
@@ -89,9 +89,9 @@ def test_hires_prompts_follow_the_reference_rule():
 
 
 def test_resolve_device():
-    assert resolve_device("cpu", "cuda") == "cpu"
-    assert resolve_device("auto", "cuda") == "cuda"
-    assert resolve_device("auto", "") == "auto"
+    assert device_for("cpu", "cuda") == "cpu"
+    assert device_for("auto", "cuda") == "cuda"
+    assert device_for("auto", "") == "auto"
 
 
 @pytest.mark.parametrize(
