@@ -114,7 +114,10 @@ def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 700, seed: int
 
 
 def tiny_llama_config(vocab_size: int = 713, **overrides: Any) -> Any:
-    """LlamaConfig of a tiny model: 2 layers, hidden 64, 4 heads (2 KV heads), untied embeddings."""
+    """LlamaConfig of a tiny model: 2 layers, hidden 64, 4 heads (2 KV heads), untied embeddings.
+
+    transformers 4.30 has no grouped-query attention and builds 4 KV heads from the same config.
+    """
     from transformers import LlamaConfig
 
     kwargs: dict[str, Any] = {

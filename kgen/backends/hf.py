@@ -473,7 +473,8 @@ class TransformersRunner:
         out = self.model(input_ids=tokens, attention_mask=batch.valid[:, :stop].long(),
                          position_ids=batch.positions(start, stop), use_cache=True, return_dict=True,
                          **{self._cache_argument: state["past"]})
-        state["past"] = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        past = getattr(out, "past_key_values", None)
+        state["past"] = past if past is not None else getattr(out, "cache", None)
         return out.logits[:, -1].float()
 
     def prefill(self, batch: Batch, cache: dict[str, Any], start: int) -> torch.Tensor:
@@ -502,6 +503,8 @@ class HFBackend:
     KV cache for prompts that start the same way. ``eos_token_id`` overrides the tokenizer's EOS.
     ``keep_model=False`` frees the transformers model once the LLaMA runner holds its own weight copies
     (``from_pretrained`` does this: the model is then only reachable through this backend).
+    Each Completion's ``seconds`` is the wall time of the batch it ran in. Thread count is torch's global
+    setting (``torch.set_num_threads``), left to the application.
     """
 
     def __init__(
