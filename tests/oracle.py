@@ -34,11 +34,22 @@ def reference_dir() -> Path:
     marker = TARGET_DIR / "kgen" / "executor" / "tipo.py"
     if not marker.exists():
         TARGET_DIR.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(TARGET_DIR),
-               REFERENCE_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(TARGET_DIR),
+            REFERENCE_REQUIREMENT,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not marker.exists():
-            raise OracleUnavailable(f"could not install {REFERENCE_REQUIREMENT}: {proc.stderr.strip()[-500:]}")
+            raise OracleUnavailable(
+                f"could not install {REFERENCE_REQUIREMENT}: {proc.stderr.strip()[-500:]}"
+            )
     return TARGET_DIR
 
 
@@ -52,10 +63,18 @@ def run_reference(driver: str, payload: object, timeout: float = 600) -> object:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
         src.write_text(json.dumps(payload), encoding="utf-8")
-        proc = subprocess.run([sys.executable, str(DRIVERS_DIR / f"{driver}.py"), str(src), str(dst)],
-                              cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(DRIVERS_DIR / f"{driver}.py"), str(src), str(dst)],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0 or not dst.exists():
-            raise RuntimeError(f"reference driver {driver} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"reference driver {driver} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+            )
         return json.loads(dst.read_text(encoding="utf-8"))
 
 

@@ -1,10 +1,11 @@
-"""Oracle smoke driver: proves the reference (not our kgen) is imported."""
+"""Oracle smoke driver: reports which ``kgen`` it imported (it must be the reference's)."""
 
 import json
 import sys
+from pathlib import Path
 
 import kgen.formatter
 
-payload = json.load(open(sys.argv[1], encoding="utf-8"))
+payload = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 result = {"file": kgen.formatter.__file__, "echo": payload}
-json.dump(result, open(sys.argv[2], "w", encoding="utf-8"))
+Path(sys.argv[2]).write_text(json.dumps(result), encoding="utf-8")
