@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from .tags import TagCategory, TagMap
@@ -58,17 +58,9 @@ _SENTENCE_END = (".", "!", "?")
 
 
 @dataclass
-class PromptFields:
-    """What a prompt is made of: tags per category and the two natural-language captions."""
+class PromptFields(TagMap):
+    """What a prompt is made of: tags per category (a TagMap) and the two natural-language captions."""
 
-    special: list[str] = field(default_factory=list)
-    characters: list[str] = field(default_factory=list)
-    copyrights: list[str] = field(default_factory=list)
-    artist: list[str] = field(default_factory=list)
-    general: list[str] = field(default_factory=list)
-    meta: list[str] = field(default_factory=list)
-    quality: list[str] = field(default_factory=list)
-    rating: list[str] = field(default_factory=list)
     extended: str = ""
     """The user's caption, extended by the model (or the caption made from the tags)."""
     generated: str = ""
