@@ -5,7 +5,15 @@ import torch
 from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
 
 from kgen.backends.base import Backend, SamplingSettings
-from kgen.backends.hf import DTypePolicy, HFBackend, packed_linear_available
+from kgen.backends.hf import (
+    DTypePolicy,
+    FbgemmMatrix,
+    HFBackend,
+    fbgemm_available,
+    linear,
+    packed_linear_available,
+    policy_for,
+)
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24, stop_on_eos=False)
 GREEDY_TO_EOS = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -155,8 +163,10 @@ def test_new_tokens_are_capped_by_context(model, tokenizer):
 @pytest.mark.parametrize("policy", [
     DTypePolicy.uniform(torch.bfloat16),
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
+    DTypePolicy(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
+                cache=torch.float32, row_matrices="float16"),
     DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
-], ids=["bf16", "bf16-prefill-fp16-decode", "auto"])
+], ids=["bf16", "bf16-prefill-fp16-decode", "bf16-prefill-fbgemm-fp16-decode", "auto"])
 def test_reduced_precision_policies_run(model, tokenizer, policy):
     backend = HFBackend(model, tokenizer, dtype="float32")
     backend.runner.policy = policy
@@ -196,3 +206,43 @@ def test_prepacked_float32_weights_match_model_generate(model, tokenizer):
     enc = tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
     ref = reference_greedy(model, enc.input_ids, enc.attention_mask, GREEDY_TO_EOS)
     assert backend.generate_ids([backend.encode(p) for p in PROMPTS[:3]], GREEDY_TO_EOS, [0] * 3) == ref
+
+
+@pytest.mark.skipif(not fbgemm_available("float16"), reason="this torch has no FBGEMM float16 linear")
+def test_fbgemm_float16_matrix_is_a_float32_product_with_rounded_weights():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 24, generator=generator)
+    x = torch.randn(2, 3, 24, generator=generator)
+    bias = torch.randn(40, generator=generator)
+    matrix = FbgemmMatrix.pack(weight, "float16")
+    rounded = weight.half().float()
+    assert torch.equal(matrix.dense(), rounded)
+    torch.testing.assert_close(linear(x, matrix, bias), torch.nn.functional.linear(x, rounded, bias))
+
+
+@pytest.mark.skipif(not fbgemm_available("int8"), reason="this torch has no FBGEMM int8 linear")
+def test_int8_matrix_stays_within_half_a_step_per_channel():
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(40, 64, generator=generator) * torch.linspace(0.01, 3.0, 40).unsqueeze(1)
+    matrix = FbgemmMatrix.pack(weight, "int8")
+    step = weight.abs().amax(dim=1, keepdim=True) / 127
+    assert bool(((matrix.dense() - weight).abs() <= step / 2 + 1e-6).all())
+    x = torch.randn(5, 64, generator=generator)
+    exact = torch.nn.functional.linear(x, weight)
+    assert (linear(x, matrix) - exact).norm() < 0.05 * exact.norm()
+
+
+@pytest.mark.skipif(not fbgemm_available("int8"), reason="this torch has no FBGEMM int8 linear")
+def test_int8_option_decodes_reproducibly(model, tokenizer):
+    backend = HFBackend(model, tokenizer, dtype="int8")
+    assert backend.policy.row_matrices == "int8"
+    first = backend.generate(PROMPTS[:1], SAMPLED, [5])[0]
+    assert first.completion_tokens == 24
+    assert backend.generate(PROMPTS[:1], SAMPLED, [5])[0].text == first.text
+    backend.runner.to(torch.device("cpu"))  # rebuilds every copy, quantized ones included
+    assert backend.generate(PROMPTS[:1], SAMPLED, [5])[0].text == first.text
+
+
+def test_int8_is_a_cpu_option():
+    with pytest.raises(ValueError, match="CPU"):
+        policy_for(torch.device("cuda"), "int8")

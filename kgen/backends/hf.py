@@ -19,19 +19,25 @@ CPU dtype policy (measured on a 2-core Zen 4 with AVX512-BF16; numbers in README
 reading the weights once per token, prompt processing by matmul throughput. Prompt processing and batched
 decoding run in bfloat16 with the matrices prepacked once into oneDNN's blocked layout (unpacked, oneDNN
 re-packs the weights on every call, which dominates when only a few rows go through); one-row decoding runs
-in float16, whose matrix-vector kernel is the fastest 16-bit one-row path in PyTorch on CPUs (float16
-matmuls with many rows are ~20x slower, which is why the reference's float16 prompt processing is slow).
-Attention runs on a float32 cache for one row (PyTorch's fused CPU attention is slow in 16-bit dtypes) and
-as plain matmuls on a bfloat16 cache for batches. Without AVX512-BF16 everything is float32. On CUDA one
-16-bit dtype (bfloat16 where supported) serves both phases.
+in float16, whose matrix-vector kernel is the fastest 16-bit one-row path of plain PyTorch (float16 matmuls
+with many rows are ~20x slower, which is why the reference's float16 prompt processing is slow); with one
+thread (the count when the backend is built) it runs in float32 over float16 matrices prepacked for FBGEMM
+(``FbgemmMatrix``), ~20% faster there, but FBGEMM gains little from a second thread. Attention runs on a
+float32 cache for one row (PyTorch's fused CPU attention is slow in 16-bit dtypes) and as plain matmuls on a
+bfloat16 cache for batches.
+``dtype="int8"`` (opt-in) reads int8 matrices instead when decoding one row: half the bytes per token.
+Without AVX512-BF16 everything is float32. On CUDA one 16-bit dtype (bfloat16 where supported) serves both
+phases.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,8 +63,27 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if name == "auto":
         return None
     if name not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {value!r}; choose one of: auto, float32, bfloat16, float16")
+        raise ValueError(f"unknown dtype {value!r}; choose one of: auto, float32, bfloat16, float16, "
+                         "int8 (CPU, quantized)")
     return DTYPE_NAMES[name]
+
+
+def is_int8(value: str | torch.dtype | None) -> bool:
+    return isinstance(value, str) and value.lower() == "int8"
+
+
+def policy_for(device: torch.device, dtype: str | torch.dtype | None) -> DTypePolicy:
+    """The policy for a backend's ``dtype`` argument (a dtype name, "auto"/None, or "int8")."""
+    if not is_int8(dtype):
+        return DTypePolicy.for_device(device, parse_dtype(dtype))
+    if device.type != "cpu":
+        raise ValueError("dtype='int8' (FBGEMM int8 matrices) is a CPU option; use auto or float16 on "
+                         f"{device.type}")
+    if not fbgemm_available("int8"):
+        raise ValueError("dtype='int8' needs PyTorch's FBGEMM int8 linear, which this PyTorch lacks")
+    # Quantized one-row decoding; prompt processing and batches as in the automatic policy.
+    return replace(DTypePolicy.for_device(device), decode=torch.float32, cache=torch.float32,
+                   row_matrices="int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -83,6 +108,9 @@ class DTypePolicy:
     cache: torch.dtype | None = None
     batch_cache: torch.dtype | None = None
     pack: bool = False  # CPU: oneDNN-prepacked bfloat16/float32 matrices (see pack_weights)
+    # CPU, one-row decoding in float32 over matrices prepacked for FBGEMM (see FbgemmMatrix): "float16"
+    # (weights rounded to float16) or "int8" (opt-in quantization); None: plain ``decode`` matrices.
+    row_matrices: str | None = None
 
     def for_rows(self, rows: int) -> torch.dtype:
         """Decode compute dtype of a batch of ``rows`` sequences."""
@@ -107,8 +135,13 @@ class DTypePolicy:
         packed = packed_linear_available()
         if cpu_has_fast_bf16():
             # Many rows per matmul (prompt, batches): prepacked bfloat16. One row: float16's matrix-vector
-            # kernel. PyTorch's fused CPU attention is slow in 16-bit dtypes and one row's cache is small,
-            # so that cache is float32.
+            # kernel, or with one thread float32 activations over FBGEMM's float16 matrices (faster there,
+            # but FBGEMM splits one row's work poorly across threads). PyTorch's fused CPU attention is slow
+            # in 16-bit dtypes and one row's cache is small, so that cache is float32.
+            if torch.get_num_threads() == 1 and fbgemm_available("float16"):
+                return cls(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
+                           cache=torch.float32, batch_cache=torch.bfloat16, pack=packed,
+                           row_matrices="float16")
             return cls(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16,
                        cache=torch.float32, batch_cache=torch.bfloat16, pack=packed)
         return cls(torch.float32, torch.float32, torch.float32, pack=packed)
@@ -272,7 +305,73 @@ def pack_weights(weights: LlamaWeights) -> LlamaWeights:
     return replace(weights, layers=layers, lm_head=pack(weights.lm_head))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+@functools.lru_cache(maxsize=2)
+def fbgemm_available(kind: str) -> bool:
+    """FBGEMM's float16-weight or int8-weight linear (``quantized::linear_dynamic[_fp16]``) runs here."""
+    try:
+        out = linear(torch.ones(1, 8), FbgemmMatrix.pack(torch.ones(8, 8), kind))
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(out.shape == (1, 8) and torch.allclose(out, torch.full((1, 8), 8.0), rtol=0.05))
+
+
+@dataclass(frozen=True)
+class FbgemmMatrix:
+    """A matrix prepacked for FBGEMM's matrix multiply with float32 activations and outputs.
+
+    Reading the weights is the cost of one-row decoding. ``kind`` "float16": the weights rounded to float16,
+    widened to float32 in registers (float32 arithmetic; faster than PyTorch's float16 matrix-vector product
+    with one thread, about as fast with two). "int8": per-output-channel symmetric int8 weights; FBGEMM also
+    quantizes each call's activations to 8 bits (per call, asymmetric, 7-bit range), so results differ
+    from the unquantized model beyond rounding: an opt-in (``dtype="int8"``) that halves the bytes read.
+    """
+
+    packed: Any
+    shape: tuple[int, int]
+    kind: str
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, kind: str) -> FbgemmMatrix:
+        dense = weight.to_dense() if weight.is_mkldnn else weight
+        dense = dense.detach().float().contiguous()
+        if kind == "float16":
+            return cls(torch.ops.quantized.linear_prepack_fp16(dense, None), tuple(dense.shape), kind)
+        if kind != "int8":
+            raise ValueError(f"unknown FBGEMM matrix kind {kind!r}")
+        scales = (dense.abs().amax(dim=1).clamp(min=1e-12) / 127).double()
+        zero_points = torch.zeros(dense.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated as a public API, not as kernels
+            warnings.simplefilter("ignore")
+            quantized = torch.quantize_per_channel(dense, scales, zero_points, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(quantized, None)
+        return cls(packed, tuple(dense.shape), kind)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "float16":
+            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+
+    def dense(self) -> torch.Tensor:
+        """The stored matrix as float32 (float16-rounded or dequantized)."""
+        if self.kind == "float16":
+            return torch.ops.quantized.linear_unpack_fp16(self.packed)[0]
+        return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
+
+
+def pack_fbgemm(weights: LlamaWeights, kind: str) -> LlamaWeights:
+    """Every matrix as an ``FbgemmMatrix`` of ``kind``; norms and embeddings stay float32."""
+    layers = [replace(layer, **{name: FbgemmMatrix.pack(getattr(layer, name), kind) for name in MATRICES})
+              for layer in weights.layers]
+    return replace(weights, layers=layers, lm_head=FbgemmMatrix.pack(weights.lm_head, kind))
+
+
+def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(weight, FbgemmMatrix):
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        out = weight(flat)
+        if bias is not None:
+            out += bias
+        return out.view(*x.shape[:-1], weight.shape[0])
     if weight.is_mkldnn:
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
@@ -280,9 +379,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def _lay_out(weights: LlamaWeights, layout: str) -> LlamaWeights:
+    if layout == "onednn":
+        return pack_weights(weights)
+    if layout.startswith("fbgemm-"):
+        return pack_fbgemm(weights, layout.removeprefix("fbgemm-"))
+    return weights
+
+
 def _convert_weights(weights: LlamaWeights, dtype: torch.dtype, device: torch.device) -> LlamaWeights:
-    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is not None and t.is_mkldnn:
+    def conv(t: torch.Tensor | FbgemmMatrix | None) -> torch.Tensor | None:
+        if isinstance(t, FbgemmMatrix):
+            t = t.dense()
+        elif t is not None and t.is_mkldnn:
             t = t.to_dense()
         return None if t is None else t.to(device=device, dtype=dtype)
 
@@ -314,15 +423,17 @@ def rope_theta(config: Any) -> float:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Same arithmetic as transformers' LlamaRMSNorm: statistics in float32, scale in the model dtype.
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)  # one fused kernel, same float32 arithmetic
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding with the halves swapped: ``signed_sin`` is sin with its first half negated, which is
+    the usual ``x * cos + rotate_half(x) * sin`` without the negation op (same values, one op fewer)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class LlamaRunner:
@@ -349,20 +460,35 @@ class LlamaRunner:
         freqs = torch.outer(positions, inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
         self._cos = angles.cos().to(device)
-        self._sin = angles.sin().to(device)
-        self._weights: dict[tuple[torch.dtype, bool], LlamaWeights] = {}
+        sin = angles.sin()
+        half = self.head_dim // 2
+        self._sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device)
+        self._weights: dict[tuple[torch.dtype, str], LlamaWeights] = {}
 
-    def weights(self, dtype: torch.dtype) -> LlamaWeights:
-        pack = self.policy.pack and self.device.type == "cpu" and dtype != torch.float16
-        key = (dtype, pack)
+    def layout(self, dtype: torch.dtype, one_row: bool = False) -> str:
+        """How the matrices of a ``dtype`` pass are stored: "dense", "onednn", "fbgemm-float16/int8"."""
+        if self.device.type != "cpu":
+            return "dense"
+        if one_row and dtype == torch.float32 and self.policy.row_matrices:
+            return f"fbgemm-{self.policy.row_matrices}"
+        return "onednn" if self.policy.pack and dtype != torch.float16 else "dense"
+
+    def weights(self, dtype: torch.dtype, layout: str | None = None) -> LlamaWeights:
+        layout = layout or self.layout(dtype)
+        key = (dtype, layout)
         if key not in self._weights:
             if self.model is not None:
                 weights = extract_llama_weights(self.model, dtype, self.device)
             else:  # the transformers model was released: convert the most precise copy we hold
-                best = max(self._weights, key=lambda k: (torch.finfo(k[0]).bits, -torch.finfo(k[0]).eps))
+                best = max(self._weights, key=self._precision)
                 weights = _convert_weights(self._weights[best], dtype, self.device)
-            self._weights[key] = pack_weights(weights) if pack else weights
+            self._weights[key] = _lay_out(weights, layout)
         return self._weights[key]
+
+    @staticmethod
+    def _precision(key: tuple[torch.dtype, str]) -> tuple[int, float]:
+        bits = {"fbgemm-float16": 16, "fbgemm-int8": 8}.get(key[1], torch.finfo(key[0]).bits)
+        return bits, -torch.finfo(torch.float16 if key[1] == "fbgemm-float16" else key[0]).eps
 
     def release_model(self) -> None:
         """Drop the transformers model; the fused copies are all that stays in memory."""
@@ -371,17 +497,18 @@ class LlamaRunner:
     def to(self, device: torch.device) -> None:
         self.device = device
         self._cos, self._sin = self._cos.to(device), self._sin.to(device)
-        moved = {(d, False): _convert_weights(w, d, device) for (d, _), w in self._weights.items()}
-        self._weights = {}
-        for (dtype, _), weights in moved.items():
-            self._weights[(dtype, False)] = weights
-            if self.policy.pack and device.type == "cpu":
-                self._weights[(dtype, True)] = pack_weights(weights)
-                del self._weights[(dtype, False)]
+        held, self._weights = self._weights, {}
+        # FBGEMM copies last: off the CPU they become plain float32 and must not replace a real one.
+        for (dtype, layout), weights in sorted(held.items(), key=lambda item: self._precision(item[0]),
+                                               reverse=True):
+            target = self.layout(dtype, one_row=layout.startswith("fbgemm-"))
+            if (dtype, target) not in self._weights:
+                self._weights[(dtype, target)] = _lay_out(_convert_weights(weights, dtype, device), target)
 
     def warm_up(self) -> None:
-        for dtype in {self.policy.prefill, self.policy.decode, self.policy.batch_decode}:
-            self.weights(dtype)
+        policy = self.policy
+        for dtype, one_row in ((policy.prefill, False), (policy.decode, True), (policy.batch_decode, False)):
+            self.weights(dtype, self.layout(dtype, one_row))
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         return KVCache.allocate(self.layers, rows, self.kv_heads, capacity, self.head_dim,
@@ -389,23 +516,27 @@ class LlamaRunner:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
-                start: int, dtype: torch.dtype) -> torch.Tensor:
+                start: int, dtype: torch.dtype, layout: str | None = None) -> torch.Tensor:
         """Run slots [start, start + T) of ``tokens`` (rows, T); return float32 logits of the last slot."""
-        w = self.weights(dtype)
+        w = self.weights(dtype, layout)
         rows, length = tokens.shape
         stop = start + length
-        cos = self._cos[positions].to(dtype).unsqueeze(1)  # (rows, 1, T, head_dim)
-        sin = self._sin[positions].to(dtype).unsqueeze(1)
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        groups = self.heads // self.kv_heads
+        cos = self._cos[positions].to(dtype).unsqueeze(2)  # (rows, T, 1, head_dim)
+        sin = self._sin[positions].to(dtype).unsqueeze(2)
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        q_size = heads * head_dim
+        groups = heads // kv_heads
+        # Additive mask, built once for all layers: 0 where a key is visible, -inf elsewhere.
+        mask_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+            ~mask, float("-inf"))
         h = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
             x = rms_norm(h, layer.attn_norm, self.eps)
-            qkv = linear(x, layer.qkv, layer.qkv_bias)
-            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = rotate(q.view(rows, length, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = rotate(k.view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v.view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            qkv = linear(x, layer.qkv, layer.qkv_bias).view(rows, length, heads + 2 * kv_heads, head_dim)
+            qk = rotate(qkv[:, :, : heads + kv_heads], cos, sin)  # queries and keys in one go
+            q = qk[:, :, :heads].transpose(1, 2)
+            k = qk[:, :, heads:].transpose(1, 2)
+            v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
             key_cache, value_cache = cache.keys[index], cache.values[index]
             key_cache[:, :, start:stop] = k
             value_cache[:, :, start:stop] = v
@@ -413,23 +544,24 @@ class LlamaRunner:
             if groups > 1:
                 keys = keys.repeat_interleave(groups, dim=1)
                 values = values.repeat_interleave(groups, dim=1)
-            attn = self.attention(q.to(keys.dtype), keys, values, mask).to(dtype)
+            attn = self.attention(q.to(keys.dtype), keys, values, mask, mask_bias).to(dtype)
             attn = attn.transpose(1, 2).reshape(rows, length, q_size)
             h = h + linear(attn, layer.out, layer.out_bias)
             x = rms_norm(h, layer.mlp_norm, self.eps)
             gate, up = linear(x, layer.gate_up).chunk(2, dim=-1)
-            h = h + linear(F.silu(gate) * up, layer.down)
+            h = h + linear(F.silu(gate).mul_(up), layer.down)
         last = rms_norm(h[:, -1], w.norm, self.eps)
         return linear(last, w.lm_head).float()
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+                  mask: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         # PyTorch's fused CPU attention is several times slower than plain matmuls in 16-bit dtypes, and in
         # any dtype it stalls for tens of milliseconds per call with two threads on a busy machine.
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * (1.0 / math.sqrt(self.head_dim))
-        weights = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1).to(values.dtype)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float()
+        scores.mul_(1.0 / math.sqrt(self.head_dim)).add_(mask_bias)
+        weights = scores.softmax(dim=-1).to(values.dtype)
         return torch.matmul(weights, values)
 
     def prefill(self, batch: Batch, cache: KVCache, start: int) -> torch.Tensor:
@@ -440,7 +572,8 @@ class LlamaRunner:
     def decode(self, batch: Batch, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Tensor:
         dtype = self.policy.for_rows(batch.rows)
         mask = batch.valid[:, None, None, : slot + 1]
-        return self.forward(tokens.view(-1, 1), batch.positions(slot, slot + 1), mask, cache, slot, dtype)
+        return self.forward(tokens.view(-1, 1), batch.positions(slot, slot + 1), mask, cache, slot, dtype,
+                            self.layout(dtype, batch.rows == 1))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -497,9 +630,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 class HFBackend:
     """Backend over a transformers causal LM and its tokenizer. The model stays resident between calls.
 
-    ``dtype``: None/"auto" picks per phase and device (see module docstring); any other value is used for
-    every phase. ``max_batch_size`` bounds how many prompts run together. ``runner``: "auto" (fast LLaMA
-    path when the architecture allows), "llama" or "transformers". ``reuse_prefix`` keeps the last batch's
+    ``dtype``: None/"auto" picks per phase and device (see module docstring); "int8" (CPU, opt-in) is the
+    automatic policy with one-row decoding over int8-quantized matrices (``FbgemmMatrix``): faster, but
+    results differ from the unquantized model; any other value is used for every phase.
+    ``max_batch_size`` bounds how many prompts run together. ``runner``: "auto" (fast LLaMA path when the
+    architecture allows), "llama" or "transformers". ``reuse_prefix`` keeps the last batch's
     KV cache for prompts that start the same way. ``eos_token_id`` overrides the tokenizer's EOS.
     ``keep_model=False`` frees the transformers model once the LLaMA runner holds its own weight copies
     (``from_pretrained`` does this: the model is then only reachable through this backend).
@@ -530,7 +665,7 @@ class HFBackend:
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         self.max_batch_size = max_batch_size
         self.reuse_prefix = reuse_prefix
-        self._requested_dtype = parse_dtype(dtype)
+        self._dtype_argument = dtype
         self._runner_choice = runner
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -549,7 +684,7 @@ class HFBackend:
     # -- setup -------------------------------------------------------------------------------------------
 
     def _build_runner(self) -> None:
-        policy = DTypePolicy.for_device(self.device, self._requested_dtype)
+        policy = policy_for(self.device, self._dtype_argument)
         problem = llama_fast_path_problem(self.model.config)
         self.config = self.model.config
         choice = self._runner_choice
@@ -610,7 +745,7 @@ class HFBackend:
             folder = source if source.exists() else None
         location = str(folder) if folder is not None else str(path_or_hub_id)
         hub = {"revision": revision, "local_files_only": local_files_only}
-        policy = DTypePolicy.for_device(_resolve_device(device), parse_dtype(dtype))
+        policy = policy_for(_resolve_device(device), dtype)
         # Load straight into the one dtype the policy uses (less peak memory), else float32 to convert from.
         uniform = len({policy.prefill, policy.decode, policy.batch_decode}) == 1
         load_dtype = policy.prefill if uniform else torch.float32
