@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+# shellcheck source=.ci/venv.sh
+source .ci/venv.sh
 
 declare -A PINS=(
   [gradio3]="gradio==3.41.2 fastapi==0.94.0 httpx==0.24.1 pydantic<2 huggingface_hub<0.26"
@@ -21,18 +23,8 @@ fi
 
 status=0
 for name in gradio3 gradio4; do
+  prepare_venv "$name" "${PINS[$name]} $COMMON"
   venv=".venv-$name"
-  stamp="$venv/.pins"
-  want="${PINS[$name]} $COMMON"
-  if [ ! -x "$venv/bin/python" ]; then
-    "$PYTHON" -m venv "$venv"
-  fi
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check $want
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
-    echo "$want" > "$stamp"
-  fi
   echo "== $name: $("$venv/bin/python" -c 'import gradio; print("gradio", gradio.__version__)')"
   "$venv/bin/python" -m pytest -p no:cacheprovider "$@" || status=1
 done

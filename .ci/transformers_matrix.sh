@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+# shellcheck source=.ci/venv.sh
+source .ci/venv.sh
 
 declare -A PINS=(
   # transformers 4.30's generated sentencepiece protobuf module needs protobuf 3.20.x
@@ -35,18 +37,8 @@ fi
 
 status=0
 for name in tf430 tf446; do
+  prepare_venv "$name" "${PINS[$name]} $COMMON"
   venv=".venv-$name"
-  stamp="$venv/.pins"
-  want="${PINS[$name]} $COMMON"
-  if [ ! -x "$venv/bin/python" ]; then
-    "$PYTHON" -m venv "$venv"
-  fi
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check $want
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
-    echo "$want" > "$stamp"
-  fi
   echo "== $name: $("$venv/bin/python" -c 'import transformers, huggingface_hub as h, torch
 print("transformers", transformers.__version__, "huggingface_hub", h.__version__, "torch", torch.__version__)')"
   "$venv/bin/python" -m pytest -p no:cacheprovider "$@" || status=1

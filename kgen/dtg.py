@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from .backends.base import Backend, Completion, SamplingSettings
+from .backends.base import AttemptTotals, Backend, Completion, SamplingSettings
 from .lengths import DTG_TAG_TARGET, Length
 from .postprocess import BanList, is_plausible_tag, tag_key
 from .tags import TagMap
@@ -152,7 +152,7 @@ class DtgAttempt:
 
 
 @dataclass
-class DtgResult:
+class DtgResult(AttemptTotals):
     """Accepted new tags (in the order found) and how the loop got there.
 
     ``stop_reason``: ``"target"`` (enough tags), ``"unchanged"`` (rounds stopped adding tags),
@@ -169,20 +169,8 @@ class DtgResult:
         return self.stop_reason == "target"
 
     @property
-    def model_inputs(self) -> list[str]:
-        return [a.prompt for a in self.attempts]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(a.completion.prompt_tokens for a in self.attempts)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(a.completion.completion_tokens for a in self.attempts)
-
-    @property
     def seconds(self) -> float:
-        return sum(a.completion.seconds for a in self.attempts)
+        return self.generation_seconds
 
 
 BanSpec = BanList | str | Iterable[str] | Callable[[str], bool] | None

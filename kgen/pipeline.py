@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import dtg, formats, tipo
-from .backends.base import Backend, Completion, SamplingSettings
+from .backends.base import AttemptTotals, Backend, Completion, SamplingSettings
 from .formats import PromptFields
 from .lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
 from .postprocess import (
@@ -206,7 +206,7 @@ class Attempt:
 
 
 @dataclass
-class UpsampleResult:
+class UpsampleResult(AttemptTotals):
     """The final fields, the final prompt and how they were made.
 
     ``tags``: every category, the user's tags first then new ones. ``extended``: the user's caption
@@ -230,24 +230,8 @@ class UpsampleResult:
     seconds: float = 0.0
 
     @property
-    def model_inputs(self) -> list[str]:
-        return [a.prompt for a in self.attempts]
-
-    @property
     def generate_passes(self) -> int:
         return len(self.attempts)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(a.completion.prompt_tokens for a in self.attempts)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(a.completion.completion_tokens for a in self.attempts)
-
-    @property
-    def generation_seconds(self) -> float:
-        return sum(a.completion.seconds for a in self.attempts)
 
     def fields(self) -> dict[str, Any]:
         """Category lists plus ``extended`` / ``generated`` text: what a format template shows."""

@@ -49,6 +49,29 @@ class Completion:
     finished: bool = True  # False when cut at max_new_tokens
 
 
+class AttemptTotals:
+    """Totals over ``self.attempts``, a list of records that each hold a ``prompt`` and its ``completion``."""
+
+    attempts: list
+
+    @property
+    def model_inputs(self) -> list[str]:
+        return [a.prompt for a in self.attempts]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.completion.prompt_tokens for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion.completion_tokens for a in self.attempts)
+
+    @property
+    def generation_seconds(self) -> float:
+        """Time spent in the backend (wall time of the whole run may be longer)."""
+        return sum(a.completion.seconds for a in self.attempts)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the pipeline needs from a model. Implementations own their model and tokenizer."""
