@@ -204,6 +204,8 @@ def _model_ref(name: str, store):
     if path.exists():
         return ModelRef(path=path)
     spec, gguf = parse_model_choice(name)
+    if gguf is None and not spec.transformers_native:
+        gguf = spec.gguf_files[0]  # only its GGUF files can be loaded
     return ModelRef(spec=spec, gguf_file=gguf)
 
 
@@ -215,7 +217,7 @@ def list_models(args: argparse.Namespace, out: TextIO) -> int:
     local = {item.label: item for item in store.list_local()}
     out.write(f"models folder: {store.root}\n")
     for spec in MODELS:
-        for label in [spec.hub_id, *(f"{spec.hub_id} | {g}" for g in spec.gguf_files)]:
+        for label in spec.choices():
             mark = "on disk" if label in local else "download"
             out.write(f"  {label:<60} {spec.protocol:<5} {mark}\n")
     for label, item in local.items():

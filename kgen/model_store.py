@@ -349,7 +349,8 @@ class ModelStore:
         """Every registry option (downloaded or not) followed by files placed by hand."""
         refs = []
         for spec in self.models:
-            refs.append(ModelRef(spec=spec))
+            if spec.transformers_native:
+                refs.append(ModelRef(spec=spec))
             refs.extend(ModelRef(spec=spec, gguf_file=name) for name in spec.gguf_files)
         refs.extend(local.ref for local in self.list_local() if local.ref.spec is None)
         return refs

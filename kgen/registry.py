@@ -34,6 +34,7 @@ class ModelSpec:
     vocab_size: int
     dialect: TipoDialect | None = None
     notes: str = ""
+    transformers_native: bool = True  # False: transformers has no class for it (never trust_remote_code)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -47,8 +48,10 @@ class ModelSpec:
         return self.hub_id.rsplit("/", 1)[-1]
 
     def choices(self) -> list[str]:
-        """UI choices for this model: the hub id, then ``"repo | file"`` per GGUF (the reference's form)."""
-        return [self.hub_id] + [f"{self.hub_id} | {f}" for f in self.gguf_files]
+        """UI choices for this model: the hub id (when transformers can load it), then ``"repo | file"`` per
+        GGUF (the reference's form)."""
+        native = [self.hub_id] if self.transformers_native else []
+        return native + [f"{self.hub_id} | {f}" for f in self.gguf_files]
 
 
 _LLAMA_TIPO = "LLaMA (LlamaForCausalLM), 32,013-token SentencePiece vocabulary"
@@ -76,14 +79,15 @@ MODELS: tuple[ModelSpec, ...] = (
         name="TIPO-v2.1-1B-A200M", hub_id="KBlueLeaf/TIPO-v2.1-1B-A200M",
         gguf_files=("TIPO-v2.1-1B-A200M-f16.gguf", "gguf/TIPO-v2.1-1B-A200M-Q8_0.gguf"),
         protocol="tipo2", has_quality=True, architecture=_MOE_TIPO, context_length=4096, vocab_size=65536,
-        dialect=TIPO_V2_1,
+        dialect=TIPO_V2_1, transformers_native=False,
         notes="retrain of v2 on corrected metadata (ratings, quality per year, person-count tags)",
     ),
     ModelSpec(
         name="TIPOv2-1B-A200M", hub_id="KBlueLeaf/TIPOv2-1B-A200M",
         gguf_files=("TIPOv2-1B-A200M-f16.gguf",),
         protocol="tipo2", has_quality=True, architecture=_MOE_TIPO, context_length=2048, vocab_size=65536,
-        dialect=TIPO_V2, notes="trained on 2048-token packed sequences (v2.1 raised this to 4096)",
+        dialect=TIPO_V2, transformers_native=False,
+        notes="trained on 2048-token packed sequences (v2.1 raised this to 4096)",
     ),
     _tipo_v1("TIPO-500M-ft", "TIPO-500M-ft-F16.gguf"),
     _tipo_v1("TIPO-200M-ft2", "TIPO-200M-ft2-F16.gguf"),

@@ -150,3 +150,18 @@ def test_field_keys_list_longest_first():
     keys = TIPO_V2_1.field_keys
     assert keys.index("aspect ratio") < keys.index("rating") and "tag" in keys and "long" in keys
     assert isinstance(dataclasses.replace(TIPO_V1, name="custom"), TipoDialect)
+
+
+def test_models_without_a_transformers_class_offer_only_their_gguf_files(tmp_path):
+    from kgen.backends.loader import ModelLoadError, build_backend
+    from kgen.model_store import ModelRef, ModelStore
+
+    spec = find_model("TIPO-v2.1-1B-A200M")
+    assert not spec.transformers_native
+    assert spec.choices() and all(" | " in choice for choice in spec.choices())
+    store = ModelStore(tmp_path, offline=True)
+    labels = [ref.label for ref in store.choices()]
+    assert spec.hub_id not in labels and f"{spec.hub_id} | {spec.gguf_files[0]}" in labels
+    assert find_model("TIPO-200M").hub_id in labels
+    with pytest.raises(ModelLoadError, match="GGUF"):
+        build_backend(ModelRef(spec=spec), store)

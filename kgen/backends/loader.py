@@ -159,6 +159,12 @@ def build_backend(
     """Fetch the files (download when allowed) and load them on the requested device."""
     options = options or LoadOptions()
     ref = as_model_ref(target)
+    if ref.spec is not None and ref.kind is not ModelKind.GGUF and not ref.spec.transformers_native:
+        files = ", ".join(f"'{ref.spec.hub_id} | {name}'" for name in ref.spec.gguf_files)
+        raise ModelLoadError(
+            f"{ref.spec.name} has no transformers class (it would need trust_remote_code, which kgen never "
+            f"uses); choose one of its GGUF files instead (needs llama-cpp-python): {files}"
+        )
     path = store.local_path(ref, revision=options.revision)
     device = resolve_device(options.device, ref.kind)
     if ref.kind is ModelKind.GGUF:
