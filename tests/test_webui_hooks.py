@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from webui_harness import FixedBackends, load_script_module
+from webui_harness import FixedBackends, build_fields, load_script_module
 
 tipo = load_script_module()
 
@@ -200,20 +200,6 @@ def test_failing_backend_keeps_prompt_warns_and_still_makes_the_image(monkeypatc
 
 
 # ------------------------------------------------------------------------------------------------ infotext
-
-
-def build_fields(script):
-    """What build_ui registers, without gradio: one field per control, in settings order."""
-
-    class Control:
-        def __init__(self, value):
-            self.value = value
-
-    controls = [Control(value) for value in Settings().to_positional()]
-    script.infotext_fields = [
-        (c, tipo.infotext_reader(n)) for c, n in zip(controls, Settings.names(), strict=True)
-    ]
-    return controls
 
 
 def test_infotext_round_trip_restores_every_control(engine):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from webui_harness import FixedBackends, load_script_module
+from webui_harness import FixedBackends, build_fields, load_script_module
 
 tipo = load_script_module()
 
@@ -98,14 +98,7 @@ def pasted_args(infotext: str) -> list:
     runner.initialize_scripts([tipo.TipoScript], False)
     script = runner.alwayson_scripts[0]
 
-    class Control:
-        def __init__(self, value):
-            self.value = value
-
-    controls = [Control(value) for value in Settings().to_positional()]
-    script.infotext_fields = [
-        (c, tipo.infotext_reader(n)) for c, n in zip(controls, Settings.names(), strict=True)
-    ]
+    controls = build_fields(script)
     values = paste(infotext, script.infotext_fields)
     api = api_script_args(infotext, script.infotext_fields, controls)
     assert [api.get(i) for i in range(len(controls))] == values  # the API restores the same

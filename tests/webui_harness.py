@@ -36,3 +36,22 @@ class FixedBackends:
     def session(self, settings):
         self.sessions += 1
         yield self.backend, self.spec
+
+
+class Control:
+    """A stand-in for a gradio component: just its current value."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def build_fields(script):
+    """What build_ui registers, without gradio: one control per setting, in settings order, each paired with
+    its infotext reader."""
+    tipo = load_script_module()
+    settings = tipo.TipoSettings
+    controls = [Control(value) for value in settings().to_positional()]
+    script.infotext_fields = [
+        (c, tipo.infotext_reader(n)) for c, n in zip(controls, settings.names(), strict=True)
+    ]
+    return controls
