@@ -45,7 +45,7 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def backend(model, tokenizer):
-    return HFBackend(model, tokenizer, dtype="float32")
+    return HFBackend(model, tokenizer, device="cpu", dtype="float32")
 
 
 def reference_greedy(model, input_ids, attention_mask, settings):
@@ -77,7 +77,7 @@ def test_greedy_equals_model_generate_batch_of_one(backend, model, penalty):
 
 @pytest.mark.parametrize("runner", ["llama", "transformers"])
 def test_greedy_equals_model_generate_padded_batch(model, tokenizer, runner):
-    backend = HFBackend(model, tokenizer, dtype="float32", runner=runner)
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32", runner=runner)
     enc = tokenizer(PROMPTS[:5], return_tensors="pt", padding=True)
     assert (enc.attention_mask == 0).any()
     ref = reference_greedy(model, enc.input_ids, enc.attention_mask, GREEDY_TO_EOS)
@@ -86,18 +86,21 @@ def test_greedy_equals_model_generate_padded_batch(model, tokenizer, runner):
 
 
 def test_seed_gives_same_output_every_run(model, tokenizer):
-    first = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [11, 12])
-    again = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [11, 12])
+    def fresh() -> HFBackend:
+        return HFBackend(model, tokenizer, device="cpu", dtype="float32")
+
+    first = fresh().generate(PROMPTS[:2], SAMPLED, [11, 12])
+    again = fresh().generate(PROMPTS[:2], SAMPLED, [11, 12])
     assert [c.text for c in first] == [c.text for c in again]
-    other = HFBackend(model, tokenizer, dtype="float32").generate(PROMPTS[:2], SAMPLED, [13, 14])
+    other = fresh().generate(PROMPTS[:2], SAMPLED, [13, 14])
     assert [c.text for c in first] != [c.text for c in other]
 
 
 def test_batch_of_eight_equals_eight_single_runs(model, tokenizer):
-    batched = HFBackend(model, tokenizer, dtype="float32", reuse_prefix=False)
+    batched = HFBackend(model, tokenizer, device="cpu", dtype="float32", reuse_prefix=False)
     seeds = list(range(100, 108))
     together = batched.generate(PROMPTS, SAMPLED, seeds)
-    single = HFBackend(model, tokenizer, dtype="float32", max_batch_size=1, reuse_prefix=False)
+    single = HFBackend(model, tokenizer, device="cpu", dtype="float32", max_batch_size=1, reuse_prefix=False)
     alone = single.generate(PROMPTS, SAMPLED, seeds)
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]
@@ -106,8 +109,8 @@ def test_batch_of_eight_equals_eight_single_runs(model, tokenizer):
 def test_prefix_reuse_gives_identical_output(model, tokenizer):
     settings = SamplingSettings(max_new_tokens=16, stop_on_eos=False)
     retries = [TIPO_LIKE_PROMPT + " red eyes,", TIPO_LIKE_PROMPT + " skirt, hat,"]
-    reusing = HFBackend(model, tokenizer, dtype="float32")
-    fresh = HFBackend(model, tokenizer, dtype="float32", reuse_prefix=False)
+    reusing = HFBackend(model, tokenizer, device="cpu", dtype="float32")
+    fresh = HFBackend(model, tokenizer, device="cpu", dtype="float32", reuse_prefix=False)
     reusing.generate([TIPO_LIKE_PROMPT], settings, [1])
     for seed, prompt in enumerate(retries):
         a = reusing.generate([prompt], settings, [seed])
@@ -120,11 +123,11 @@ def test_prefix_reuse_gives_identical_output(model, tokenizer):
 
 
 def test_eos_stops_each_row(model, tokenizer):
-    probe = HFBackend(model, tokenizer, dtype="float32")
+    probe = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     ids = [probe.encode(p) for p in PROMPTS[:3]]
     free = probe.generate_ids(ids, GREEDY, [0, 0, 0])
     stop_token = free[0][5]  # pretend the 6th token of row 0 is the end of sequence
-    backend = HFBackend(model, tokenizer, dtype="float32", eos_token_id=stop_token)
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32", eos_token_id=stop_token)
     stopping = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
     out = backend.generate(PROMPTS[:3], stopping, [0, 0, 0])
     for row, completion in zip(free, out, strict=True):
@@ -153,7 +156,7 @@ def test_prompt_longer_than_context_is_rejected(backend):
 
 
 def test_new_tokens_are_capped_by_context(model, tokenizer):
-    backend = HFBackend(model, tokenizer, dtype="float32")
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     prompt = "1girl, " * 100
     n = backend.count_tokens(prompt)
     out = backend.generate([prompt], SamplingSettings(max_new_tokens=500, stop_on_eos=False), [0])[0]
@@ -164,11 +167,11 @@ def test_new_tokens_are_capped_by_context(model, tokenizer):
     DTypePolicy.uniform(torch.bfloat16),
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
-                cache=torch.float32, row_matrices="float16"),
+                cache=torch.float32, decode_matrices="float16"),
     DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
 ], ids=["bf16", "bf16-prefill-fp16-decode", "bf16-prefill-fbgemm-fp16-decode", "auto"])
 def test_reduced_precision_policies_run(model, tokenizer, policy):
-    backend = HFBackend(model, tokenizer, dtype="float32")
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     backend.runner.policy = policy
     one = backend.generate(PROMPTS[:1], SAMPLED, [3])
     two = backend.generate(PROMPTS[:2], SAMPLED, [3, 4])
@@ -182,7 +185,8 @@ def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer):
     tokenizer.save_pretrained(str(folder))
     loaded = HFBackend.from_pretrained(folder, device="cpu", dtype="float32")
     # The folder's tokenizer may be the fast one, which splits around added tokens differently.
-    expected = HFBackend(model, loaded.tokenizer, dtype="float32").generate(PROMPTS[:2], GREEDY, [0, 0])
+    exact = HFBackend(model, loaded.tokenizer, device="cpu", dtype="float32")
+    expected = exact.generate(PROMPTS[:2], GREEDY, [0, 0])
     assert [c.text for c in loaded.generate(PROMPTS[:2], GREEDY, [0, 0])] == [c.text for c in expected]
     weights = folder / "model.safetensors"
     assert loaded.model is None  # from_pretrained keeps only the runner's weight copies
@@ -195,12 +199,12 @@ def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer):
 
 def test_unknown_dtype_is_named(model, tokenizer):
     with pytest.raises(ValueError, match="int3"):
-        HFBackend(model, tokenizer, dtype="int3")
+        HFBackend(model, tokenizer, device="cpu", dtype="int3")
 
 
 @pytest.mark.skipif(not packed_linear_available(), reason="this torch has no oneDNN prepacked linear")
 def test_prepacked_float32_weights_match_model_generate(model, tokenizer):
-    backend = HFBackend(model, tokenizer, dtype="float32")
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     backend.runner.policy = DTypePolicy(torch.float32, torch.float32, torch.float32, pack=True)
     assert backend.runner.weights(torch.float32).lm_head.is_mkldnn
     enc = tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
@@ -234,8 +238,8 @@ def test_int8_matrix_stays_within_half_a_step_per_channel():
 
 @pytest.mark.skipif(not fbgemm_available("int8"), reason="this torch has no FBGEMM int8 linear")
 def test_int8_option_decodes_reproducibly(model, tokenizer):
-    backend = HFBackend(model, tokenizer, dtype="int8")
-    assert backend.policy.row_matrices == "int8"
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="int8")
+    assert backend.policy.decode_matrices == "int8"
     first = backend.generate(PROMPTS[:1], SAMPLED, [5])[0]
     assert first.completion_tokens == 24
     assert backend.generate(PROMPTS[:1], SAMPLED, [5])[0].text == first.text

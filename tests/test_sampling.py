@@ -123,7 +123,7 @@ def test_same_seed_same_tokens_and_global_rng_untouched():
 def test_build_chain_order_and_greedy_at_zero_temperature():
     chain = build_chain(SamplingSettings(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05,
                                          repetition_penalty=1.2))
-    assert [type(s) for s in chain.steps] == [RepetitionPenalty, Temperature, TopK, TopP, MinP]
+    assert [type(s) for s in chain.steps] == [RepetitionPenalty, TopK, Temperature, TopP, MinP]
     assert chain.select is draw
     assert chain.uses_history
     greedy_chain = build_chain(SamplingSettings(temperature=0, repetition_penalty=1.0))
@@ -149,3 +149,55 @@ def test_make_generator_accepts_any_int():
     for seed in (-1, 0, 2**70 + 3):
         a, b = make_generator(seed), make_generator(seed)
         assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+
+
+def _history_of(seen: torch.Tensor, width: int) -> torch.Tensor:
+    """Each row's seen ids, padded to ``width`` with repeats of its first id (as the backend keeps them)."""
+    rows = []
+    for row in seen:
+        ids = row.nonzero().flatten().tolist()
+        rows.append(ids + [ids[0]] * (width - len(ids)))
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("narrowed", [False, True])
+def test_repetition_penalty_from_history_equals_from_seen_mask(narrowed):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 50, generator=generator) * 3
+    seen = torch.rand(3, 50, generator=generator) < 0.3
+    seen[:, 0] = True
+    history = _history_of(seen, 40)
+    candidates = Candidates(logits)
+    if narrowed:
+        candidates = TopK(10)(candidates, NONE)
+    penalty = RepetitionPenalty(1.7)
+    by_mask = penalty(candidates, SamplingContext(seen=seen))
+    by_history = penalty(candidates, SamplingContext(history=history))
+    assert torch.equal(by_mask.logits, by_history.logits)
+    assert torch.equal(by_mask.ids(), by_history.ids())
+    assert not torch.equal(by_mask.logits, candidates.logits)
+
+
+def test_chain_with_history_draws_what_the_seen_mask_draws():
+    chain = build_chain(SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02,
+                                         repetition_penalty=1.3))
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, 300, generator=generator) * 4
+    seen = torch.rand(4, 300, generator=generator) < 0.2
+    seen[:, 0] = True
+    history = _history_of(seen, 120)
+    for seed in range(30):
+        by_mask = chain(logits, [make_generator(seed + r) for r in range(4)], seen)
+        by_history = chain(logits, [make_generator(seed + r) for r in range(4)], history=history)
+        assert torch.equal(by_mask, by_history)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.7, 1.6])
+def test_top_k_after_temperature_keeps_transformers_distribution(temperature):
+    """Temperature after top-k (our order) gives the same allowed set and probabilities as before it."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 200, generator=generator) * 3
+    ours = Temperature(temperature)(TopK(25)(Candidates(logits), NONE), NONE)
+    theirs = TopK(25)(Temperature(temperature)(Candidates(logits), NONE), NONE)
+    assert torch.equal(ours.ids(), theirs.ids())
+    torch.testing.assert_close(torch.softmax(ours.logits, -1), torch.softmax(theirs.logits, -1))

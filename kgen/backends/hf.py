@@ -38,7 +38,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,8 +82,8 @@ def policy_for(device: torch.device, dtype: str | torch.dtype | None) -> DTypePo
     if not fbgemm_available("int8"):
         raise ValueError("dtype='int8' needs PyTorch's FBGEMM int8 linear, which this PyTorch lacks")
     # Quantized one-row decoding; prompt processing and batches as in the automatic policy.
-    return replace(DTypePolicy.for_device(device), decode=torch.float32, cache=torch.float32,
-                   row_matrices="int8")
+    return replace(DTypePolicy.for_device(device), decode=torch.float32, batch_decode=torch.float32,
+                   cache=torch.float32, batch_cache=torch.float32, decode_matrices="int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -108,9 +108,10 @@ class DTypePolicy:
     cache: torch.dtype | None = None
     batch_cache: torch.dtype | None = None
     pack: bool = False  # CPU: oneDNN-prepacked bfloat16/float32 matrices (see pack_weights)
-    # CPU, one-row decoding in float32 over matrices prepacked for FBGEMM (see FbgemmMatrix): "float16"
-    # (weights rounded to float16) or "int8" (opt-in quantization); None: plain ``decode`` matrices.
-    row_matrices: str | None = None
+    # CPU, float32 decoding (one row or several, whichever phase decodes in float32) over matrices
+    # prepacked for FBGEMM (see FbgemmMatrix): "float16" (weights rounded to float16) or "int8" (opt-in
+    # quantization); None: plain matrices.
+    decode_matrices: str | None = None
 
     def for_rows(self, rows: int) -> torch.dtype:
         """Decode compute dtype of a batch of ``rows`` sequences."""
@@ -126,8 +127,12 @@ class DTypePolicy:
 
     @classmethod
     def for_device(cls, device: torch.device, dtype: torch.dtype | None = None) -> DTypePolicy:
+        if dtype is not None and device.type == "cpu":
+            # PyTorch's CPU attention kernels are several times slower in 16-bit dtypes: float32 cache.
+            return replace(cls.uniform(dtype), pack=packed_linear_available(), cache=torch.float32,
+                           batch_cache=torch.float32)
         if dtype is not None:
-            return replace(cls.uniform(dtype), pack=device.type == "cpu" and packed_linear_available())
+            return cls.uniform(dtype)
         if device.type == "cuda":
             return cls.uniform(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         if device.type != "cpu":
@@ -140,10 +145,10 @@ class DTypePolicy:
             # in 16-bit dtypes and one row's cache is small, so that cache is float32.
             if torch.get_num_threads() == 1 and fbgemm_available("float16"):
                 return cls(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
-                           cache=torch.float32, batch_cache=torch.bfloat16, pack=packed,
-                           row_matrices="float16")
+                           cache=torch.float32, batch_cache=torch.float32, pack=packed,
+                           decode_matrices="float16")
             return cls(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16,
-                       cache=torch.float32, batch_cache=torch.bfloat16, pack=packed)
+                       cache=torch.float32, batch_cache=torch.float32, pack=packed)
         return cls(torch.float32, torch.float32, torch.float32, pack=packed)
 
 
@@ -211,6 +216,32 @@ class CachedSequences:
     cache: KVCache
     tokens: list[list[int]]
     pads: list[int]
+
+
+@dataclass
+class TokenHistory:
+    """Each row's prompt and generated token ids as one (rows, prompt ids + new tokens) grid, for the
+    repetition penalty. Rows are padded with their own first id (repeats change nothing)."""
+
+    ids: torch.Tensor
+    filled: int  # columns in use
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one token per row (any value for finished rows: they are not sampled again)."""
+        self.ids[:, self.filled] = tokens
+        self.filled += 1
+
+    def rows(self, active: list[int]) -> torch.Tensor:
+        grid = self.ids[:, : self.filled]
+        return grid if len(active) == grid.shape[0] else grid[active]
+
+
+def token_history(prompts: list[list[int]], new_tokens: int, vocab_size: int) -> TokenHistory:
+    known = [sorted(set(prompt)) for prompt in prompts]  # ids already checked to be in the vocabulary
+    width = max(len(ids) for ids in known)
+    grid = torch.tensor([ids + [ids[0]] * (width + new_tokens - len(ids)) for ids in known],
+                        dtype=torch.long)
+    return TokenHistory(grid, width)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -379,6 +410,57 @@ def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> to
     return F.linear(x, weight, bias)
 
 
+MatMul = Callable[[torch.Tensor], torch.Tensor]
+
+
+def matmul_of(weight: Any, bias: torch.Tensor | None = None) -> MatMul:
+    """``x (rows, in) -> x @ weight.T + bias`` for 2-D ``x``, resolved once for the weight's storage, so
+    the decode loop pays for no dispatch of its own (it runs ~80 of these per token)."""
+    if isinstance(weight, FbgemmMatrix):
+        if bias is None:
+            return weight
+        return lambda x: weight(x).add_(bias)
+    if weight.is_mkldnn:
+        pointwise = torch.ops.mkldnn._linear_pointwise
+        return lambda x: pointwise(x, weight, bias, "none", [], "")
+    return functools.partial(F.linear, weight=weight, bias=bias)
+
+
+@dataclass(frozen=True)
+class DecodeLayer:
+    """One layer as the decode step uses it: float32 norm weights and resolved matrix products."""
+
+    attn_norm: torch.Tensor
+    qkv: MatMul
+    out: MatMul
+    mlp_norm: torch.Tensor
+    gate_up: MatMul
+    down: MatMul
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    embed: torch.Tensor
+    layers: list[DecodeLayer]
+    norm: torch.Tensor
+    lm_head: MatMul
+    matmul_dtype: torch.dtype  # what the products take: float32 for FBGEMM matrices, else the weights'
+    residual_dtype: torch.dtype  # the residual stream's (and the norm weights') dtype
+
+
+def decode_weights(weights: LlamaWeights, layout: str) -> DecodeWeights:
+    """CPU: float32 residual stream (PyTorch's CPU norms are fused only in float32, and 16-bit elementwise
+    ops are slow there). GPU: the weights' dtype, which needs no conversion kernels between layers."""
+    matmul_dtype = torch.float32 if layout.startswith("fbgemm-") else weights.embed.dtype
+    residual = torch.float32 if weights.embed.device.type == "cpu" else matmul_dtype
+    layers = [DecodeLayer(layer.attn_norm.to(residual), matmul_of(layer.qkv, layer.qkv_bias),
+                          matmul_of(layer.out, layer.out_bias), layer.mlp_norm.to(residual),
+                          matmul_of(layer.gate_up), matmul_of(layer.down))
+              for layer in weights.layers]
+    return DecodeWeights(weights.embed, layers, weights.norm.to(residual), matmul_of(weights.lm_head),
+                         matmul_dtype, residual)
+
+
 def _lay_out(weights: LlamaWeights, layout: str) -> LlamaWeights:
     if layout == "onednn":
         return pack_weights(weights)
@@ -421,10 +503,16 @@ def rope_theta(config: Any) -> float:
     return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
+_FUSED_RMS_NORM = getattr(F, "rms_norm", None)  # PyTorch >= 2.4
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Same arithmetic as transformers' LlamaRMSNorm: statistics in float32, scale in the model dtype.
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)  # one fused kernel, same float32 arithmetic
+    # PyTorch's own op (float32 statistics too) in float32, where it rounds the same way, and on GPUs in
+    # any dtype: one kernel instead of seven, rounding once where transformers rounds twice.
+    fused = x.dtype == torch.float32 or (x.is_cuda and x.dtype == weight.dtype)
+    if fused and weight.dtype == x.dtype and _FUSED_RMS_NORM is not None:
+        return _FUSED_RMS_NORM(x, weight.shape, weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -464,13 +552,14 @@ class LlamaRunner:
         half = self.head_dim // 2
         self._sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device)
         self._weights: dict[tuple[torch.dtype, str], LlamaWeights] = {}
+        self._decode_weights: dict[tuple[torch.dtype, str], DecodeWeights] = {}
 
-    def layout(self, dtype: torch.dtype, one_row: bool = False) -> str:
+    def layout(self, dtype: torch.dtype, decoding: bool = False) -> str:
         """How the matrices of a ``dtype`` pass are stored: "dense", "onednn", "fbgemm-float16/int8"."""
         if self.device.type != "cpu":
             return "dense"
-        if one_row and dtype == torch.float32 and self.policy.row_matrices:
-            return f"fbgemm-{self.policy.row_matrices}"
+        if decoding and dtype == torch.float32 and self.policy.decode_matrices:
+            return f"fbgemm-{self.policy.decode_matrices}"
         return "onednn" if self.policy.pack and dtype != torch.float16 else "dense"
 
     def weights(self, dtype: torch.dtype, layout: str | None = None) -> LlamaWeights:
@@ -497,18 +586,18 @@ class LlamaRunner:
     def to(self, device: torch.device) -> None:
         self.device = device
         self._cos, self._sin = self._cos.to(device), self._sin.to(device)
-        held, self._weights = self._weights, {}
+        held, self._weights, self._decode_weights = self._weights, {}, {}
         # FBGEMM copies last: off the CPU they become plain float32 and must not replace a real one.
         for (dtype, layout), weights in sorted(held.items(), key=lambda item: self._precision(item[0]),
                                                reverse=True):
-            target = self.layout(dtype, one_row=layout.startswith("fbgemm-"))
+            target = self.layout(dtype, decoding=layout.startswith("fbgemm-"))
             if (dtype, target) not in self._weights:
                 self._weights[(dtype, target)] = _lay_out(_convert_weights(weights, dtype, device), target)
 
     def warm_up(self) -> None:
         policy = self.policy
-        for dtype, one_row in ((policy.prefill, False), (policy.decode, True), (policy.batch_decode, False)):
-            self.weights(dtype, self.layout(dtype, one_row))
+        for dtype, decoding in ((policy.prefill, False), (policy.decode, True), (policy.batch_decode, True)):
+            self.weights(dtype, self.layout(dtype, decoding))
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         return KVCache.allocate(self.layers, rows, self.kv_heads, capacity, self.head_dim,
@@ -526,9 +615,7 @@ class LlamaRunner:
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         q_size = heads * head_dim
         groups = heads // kv_heads
-        # Additive mask, built once for all layers: 0 where a key is visible, -inf elsewhere.
-        mask_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
-            ~mask, float("-inf"))
+        mask_bias = None  # additive form of the mask, for 16-bit attention on CPUs; built once
         h = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
             x = rms_norm(h, layer.attn_norm, self.eps)
@@ -544,6 +631,9 @@ class LlamaRunner:
             if groups > 1:
                 keys = keys.repeat_interleave(groups, dim=1)
                 values = values.repeat_interleave(groups, dim=1)
+            if self.device.type == "cpu" and keys.dtype != torch.float32 and mask_bias is None:
+                mask_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+                    ~mask, float("-inf"))
             attn = self.attention(q.to(keys.dtype), keys, values, mask, mask_bias).to(dtype)
             attn = attn.transpose(1, 2).reshape(rows, length, q_size)
             h = h + linear(attn, layer.out, layer.out_bias)
@@ -554,11 +644,11 @@ class LlamaRunner:
         return linear(last, w.lm_head).float()
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                  mask: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cpu":
+                  mask: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+        if mask_bias is None:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        # PyTorch's fused CPU attention is several times slower than plain matmuls in 16-bit dtypes, and in
-        # any dtype it stalls for tens of milliseconds per call with two threads on a busy machine.
+        # A 16-bit cache on a CPU (only when a policy asks for one): PyTorch's fused CPU attention is
+        # several times slower than plain matmuls in 16-bit dtypes.
         scores = torch.matmul(q, keys.transpose(-1, -2)).float()
         scores.mul_(1.0 / math.sqrt(self.head_dim)).add_(mask_bias)
         weights = scores.softmax(dim=-1).to(values.dtype)
@@ -570,10 +660,60 @@ class LlamaRunner:
                             batch.attention_mask(start, batch.width), cache, start, self.policy.prefill)
 
     def decode(self, batch: Batch, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits (rows, vocab) of the token after slot ``slot``, given each row's token at that slot."""
         dtype = self.policy.for_rows(batch.rows)
-        mask = batch.valid[:, None, None, : slot + 1]
-        return self.forward(tokens.view(-1, 1), batch.positions(slot, slot + 1), mask, cache, slot, dtype,
-                            self.layout(dtype, batch.rows == 1))
+        layout = self.layout(dtype, decoding=True)
+        # One row has no padding, so no mask; a strided mask slows CPU attention, hence the copy.
+        mask = None if batch.rows == 1 else batch.valid[:, None, None, : slot + 1].contiguous()
+        positions = batch.positions(slot, slot + 1).view(-1)
+        return self.decode_step(tokens.view(-1, 1), positions, mask, cache, slot, dtype, layout)
+
+    def decode_weights(self, dtype: torch.dtype, layout: str) -> DecodeWeights:
+        key = (dtype, layout)
+        if key not in self._decode_weights:
+            self._decode_weights[key] = decode_weights(self.weights(dtype, layout), layout)
+        return self._decode_weights[key]
+
+    def rope_matrices(self, positions: torch.Tensor) -> torch.Tensor:
+        """(rows, head_dim, head_dim) float32 R with ``x @ R[i]`` = x rotated to ``positions[i]``."""
+        half = self.head_dim // 2
+        return torch.diag_embed(self._cos[positions]) + torch.roll(
+            torch.diag_embed(self._sin[positions]), half, dims=1)
+
+    @torch.inference_mode()
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                    cache: KVCache, slot: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+        """One new token per row: ``tokens`` (rows, 1) at ``slot``; float32 logits (rows, vocab).
+
+        The same model arithmetic as ``forward`` in fewer, cheaper ops, because decoding is dominated by
+        per-op overhead once the weights are read at memory speed: the residual stream stays float32
+        (fused norms, no conversions back and forth), rotary embedding is one small batched matmul for
+        queries and keys together, attention is PyTorch's fused kernel over the cache.
+        """
+        w = self.decode_weights(dtype, layout)
+        matmul_dtype, eps = w.matmul_dtype, self.eps
+        rows = tokens.shape[0]
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        groups, rotated = heads // kv_heads, heads + kv_heads
+        cache_dtype = cache.keys[0].dtype
+        rope = self.rope_matrices(positions).to(cache_dtype)
+        h = F.embedding(tokens.view(-1), w.embed).to(w.residual_dtype)  # (rows, hidden)
+        for layer, key_cache, value_cache in zip(w.layers, cache.keys, cache.values, strict=True):
+            x = rms_norm(h, layer.attn_norm, eps).to(matmul_dtype)
+            qkv = layer.qkv(x).view(rows, rotated + kv_heads, head_dim).to(cache_dtype)
+            qk = torch.bmm(qkv[:, :rotated], rope)  # queries and keys, rotated
+            key_cache[:, :, slot] = qk[:, heads:]
+            value_cache[:, :, slot] = qkv[:, rotated:]
+            keys, values = key_cache[:, :, : slot + 1], value_cache[:, :, : slot + 1]
+            if groups > 1:
+                keys = keys.repeat_interleave(groups, dim=1)
+                values = values.repeat_interleave(groups, dim=1)
+            attn = F.scaled_dot_product_attention(qk[:, :heads].unsqueeze(2), keys, values, attn_mask=mask)
+            h.add_(layer.out(attn.view(rows, heads * head_dim).to(matmul_dtype)))
+            x = rms_norm(h, layer.mlp_norm, eps).to(matmul_dtype)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            h.add_(layer.down(F.silu(gate).mul_(up)))
+        return w.lm_head(rms_norm(h, w.norm, eps).to(matmul_dtype)).float()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -631,11 +771,12 @@ class HFBackend:
     """Backend over a transformers causal LM and its tokenizer. The model stays resident between calls.
 
     ``dtype``: None/"auto" picks per phase and device (see module docstring); "int8" (CPU, opt-in) is the
-    automatic policy with one-row decoding over int8-quantized matrices (``FbgemmMatrix``): faster, but
+    automatic policy with decoding over int8-quantized matrices (``FbgemmMatrix``): faster, but
     results differ from the unquantized model; any other value is used for every phase.
     ``max_batch_size`` bounds how many prompts run together. ``runner``: "auto" (fast LLaMA path when the
     architecture allows), "llama" or "transformers". ``reuse_prefix`` keeps the last batch's
-    KV cache for prompts that start the same way. ``eos_token_id`` overrides the tokenizer's EOS.
+    KV cache for prompts that start the same way (None: on CPUs only, where it changes no result).
+    ``eos_token_id`` overrides the tokenizer's EOS.
     ``keep_model=False`` frees the transformers model once the LLaMA runner holds its own weight copies
     (``from_pretrained`` does this: the model is then only reachable through this backend).
     Each Completion's ``seconds`` is the wall time of the batch it ran in. Thread count is torch's global
@@ -652,7 +793,7 @@ class HFBackend:
         name: str | None = None,
         max_batch_size: int = 8,
         runner: str = "auto",
-        reuse_prefix: bool = True,
+        reuse_prefix: bool | None = None,
         eos_token_id: int | None = None,
         keep_model: bool = True,
     ) -> None:
@@ -700,6 +841,15 @@ class HFBackend:
             self.runner = LlamaRunner(self.model, self.device, policy)
         self.runner.warm_up()
         self._previous = None
+
+    @property
+    def reuses_prefix(self) -> bool:
+        if self.reuse_prefix is not None:
+            return self.reuse_prefix
+        # On CPUs a row's keys/values come out bit-identical whatever else is in the batch (tested); GPU
+        # kernels pick other reduction orders for other shapes, so reused keys/values would make a
+        # request's result depend on the request before it.
+        return self.device.type == "cpu"
 
     @property
     def policy(self) -> DTypePolicy:
@@ -808,6 +958,10 @@ class HFBackend:
     def _run_batch(self, prompts: list[list[int]], seeds: list[int], settings: SamplingSettings,
                    chain: SamplerChain) -> tuple[list[list[int]], list[bool]]:
         runner = self.runner
+        for prompt in prompts:
+            if not prompt or min(prompt) < 0 or max(prompt) >= runner.vocab_size:
+                raise ValueError(f"prompt token ids must be 0..{runner.vocab_size - 1} and at least one; "
+                                 f"got {prompt[:20]}")
         width = max(len(p) for p in prompts)
         new_tokens = min(settings.max_new_tokens, self.context_length - width)
         batch = Batch(prompts, width + new_tokens, self.device, self.pad_id)
@@ -815,30 +969,28 @@ class HFBackend:
         cache = runner.new_cache(rows, batch.capacity)
         start = self._restore_prefix(batch, cache) if runner.supports_prefix_reuse else 0
         generators = [make_generator(seed) for seed in seeds]
-        seen = None
-        if chain.uses_history:
-            seen = torch.zeros(rows, runner.vocab_size, dtype=torch.bool)
-            for row, prompt in enumerate(prompts):
-                seen[row, [t for t in prompt if t < runner.vocab_size]] = True
+        history = token_history(prompts, new_tokens, runner.vocab_size) if chain.uses_history else None
         generated: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         logits = runner.prefill(batch, cache, start)
         for step in range(new_tokens):
             active = [row for row in range(rows) if not done[row]]
-            picked = chain(logits[active].cpu(), [generators[r] for r in active],
-                           None if seen is None else seen[active])
+            everyone = len(active) == rows
+            picked = chain(logits.cpu() if everyone else logits[active].cpu(),
+                           generators if everyone else [generators[r] for r in active],
+                           history=None if history is None else history.rows(active))
             tokens = torch.full((rows,), self.pad_id, dtype=torch.long)
             tokens[active] = picked
+            if history is not None:
+                history.append(tokens)
             for row, token in zip(active, picked.tolist(), strict=True):
                 generated[row].append(token)
-                if seen is not None:
-                    seen[row, token] = True
                 if settings.stop_on_eos and token == self.eos_id:
                     done[row] = True
             if all(done) or step == new_tokens - 1:
                 break
             logits = runner.decode(batch, cache, tokens.to(self.device), width + step)
-        if runner.supports_prefix_reuse and self.reuse_prefix:
+        if runner.supports_prefix_reuse and self.reuses_prefix:
             fed = [p + g[:-1] for p, g in zip(prompts, generated, strict=True)]
             self._previous = CachedSequences(cache, fed, batch.pads.tolist())
         finished = [d or not settings.stop_on_eos for d in done]
@@ -846,7 +998,7 @@ class HFBackend:
 
     def _restore_prefix(self, batch: Batch, cache: KVCache) -> int:
         """Copy cached keys/values of each row's longest known prefix; return the first slot to compute."""
-        previous = self._previous if self.reuse_prefix else None
+        previous = self._previous if self.reuses_prefix else None
         if previous is not None and previous.cache.keys[0].dtype != cache.keys[0].dtype:
             previous = None  # keys/values of another precision would change the results slightly
         pads = batch.pads.tolist()

@@ -1,8 +1,10 @@
 """Token sampling as a chain of small steps, like llama.cpp's sampler chain.
 
 Each step narrows or reshapes a batch of ``Candidates`` (one row per sequence); the chain ends with a draw.
-Order (as transformers applies them): repetition penalty, temperature, top-k, top-p, min-p, then draw.
-Temperature 0 means greedy. Randomness comes only from one ``torch.Generator`` per row, so a row's
+Order: repetition penalty, top-k, temperature, top-p, min-p, then draw. That is transformers' order
+(penalty, temperature, top-k, ...) with temperature moved after top-k, which selects the same tokens
+(temperature keeps the ranking) and scales k scores instead of the whole vocabulary. Temperature 0 means
+greedy. Randomness comes only from one ``torch.Generator`` per row, so a row's
 tokens depend on its own seed and logits, never on the other rows of the batch or on the global RNG.
 """
 
@@ -45,9 +47,13 @@ class Candidates:
 
 @dataclass(frozen=True)
 class SamplingContext:
-    """What steps may look at besides the scores: ``seen`` (rows, vocab) bool, tokens in each row so far."""
+    """What steps may look at besides the scores: the tokens in each row so far, as ``seen`` (rows, vocab)
+    bool and/or ``history`` (rows, n) token ids (repeats allowed; rows padded with one of their own ids).
+    With both, they must agree; ``history`` is the fast one for a full vocabulary (gather/scatter of n
+    scores instead of a pass over every score)."""
 
     seen: torch.Tensor | None = None
+    history: torch.Tensor | None = None
 
 
 class SamplerStep(Protocol):
@@ -61,12 +67,21 @@ class RepetitionPenalty:
     penalty: float
 
     def __call__(self, candidates: Candidates, context: SamplingContext) -> Candidates:
-        if self.penalty == 1.0 or context.seen is None:
+        if self.penalty == 1.0 or (context.seen is None and context.history is None):
             return candidates
-        seen = context.seen
-        if candidates.token_ids is not None:
-            seen = seen.gather(-1, candidates.token_ids)
         logits = candidates.logits
+        if context.history is not None and candidates.token_ids is None:
+            history = context.history.to(logits.device)
+            scores = logits.gather(-1, history)
+            penalized = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
+            return Candidates(logits.scatter(-1, history, penalized), None, candidates.descending)
+        if context.history is not None:
+            history = context.history.to(logits.device)
+            seen = (candidates.token_ids.unsqueeze(-1) == history.unsqueeze(1)).any(-1)
+        else:
+            seen = context.seen
+            if candidates.token_ids is not None:
+                seen = seen.gather(-1, candidates.token_ids)
         penalized = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return Candidates(torch.where(seen, penalized, logits), candidates.token_ids)
 
@@ -153,13 +168,16 @@ class SamplerChain:
     select: Selector
 
     def __call__(
-        self, logits: torch.Tensor, generators: Sequence[torch.Generator], seen: torch.Tensor | None = None
+        self, logits: torch.Tensor, generators: Sequence[torch.Generator], seen: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next token id of each row of ``logits`` (rows, vocab); one generator per row."""
+        """Next token id of each row of ``logits`` (rows, vocab); one generator per row.
+
+        ``seen`` / ``history``: the tokens of each row so far (see ``SamplingContext``)."""
         if len(generators) != logits.shape[0]:
             raise ValueError(f"{logits.shape[0]} rows of logits but {len(generators)} generators")
         candidates = Candidates(logits.float())
-        context = SamplingContext(seen=seen)
+        context = SamplingContext(seen=seen, history=history)
         for step in self.steps:
             candidates = step(candidates, context)
         return self.select(candidates, generators)
@@ -176,9 +194,10 @@ def build_chain(settings: SamplingSettings) -> SamplerChain:
         penalty = (RepetitionPenalty(settings.repetition_penalty),)
     if settings.temperature == 0:
         return SamplerChain(penalty, greedy)
-    steps: list[SamplerStep] = [*penalty, Temperature(settings.temperature)]
+    steps: list[SamplerStep] = list(penalty)
     if settings.top_k > 0:
         steps.append(TopK(settings.top_k))
+    steps.append(Temperature(settings.temperature))
     if settings.top_p < 1.0:
         steps.append(TopP(settings.top_p))
     if settings.min_p > 0.0:

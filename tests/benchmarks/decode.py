@@ -45,11 +45,12 @@ OURS = {
     "ours-int8": "int8",  # opt-in quantization: one-row decode over int8 matrices, not the model's exact math
 }
 QUANTIZED = {"ours-int8"}
-QUICK = ["ours-auto/1", "ours-auto/8", "ours-int8/1", "reference/1", "llamacpp-f16/1"]
+CPU_ONLY = {"ours-int8", "ours-fbgemm16", "llamacpp-f16"}  # FBGEMM matrices; llama.cpp here is a CPU build
+QUICK = ["ours-auto/1", "ours-auto/8", "ours-int8/1", "ours-int8/8", "reference/1", "llamacpp-f16/1"]
 
 
 def all_configs() -> list[str]:
-    one_row_only = {"ours-int8", "ours-fbgemm16"}  # their batches run as ours-auto's
+    one_row_only = {"ours-fbgemm16"}  # its batches run as ours-auto's
     configs = [f"{name}/{batch}" for name in OURS for batch in (1, 8)
                if batch == 1 or name not in one_row_only]
     return [*configs, "hf-generate-fp32/1", "reference/1", "llamacpp-f16/1"]
@@ -91,7 +92,8 @@ def summarize(first: list[float], total: list[float], new_tokens: int, batch: in
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: int, repeats: int) -> dict:
+def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: int, repeats: int,
+                device: str) -> dict:
     import torch
 
     from kgen.backends.base import SamplingSettings
@@ -99,11 +101,11 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
 
     special = {
         "fbgemm16": DTypePolicy(torch.bfloat16, torch.float32, torch.bfloat16, cache=torch.float32,
-                                batch_cache=torch.bfloat16, pack=packed_linear_available(),
-                                row_matrices="float16"),
+                                batch_cache=torch.float32, pack=packed_linear_available(),
+                                decode_matrices="float16"),
     }
     dtype = None if policy == "auto" or policy in special else policy
-    backend = HFBackend.from_pretrained(folder, device="cpu", dtype=dtype, reuse_prefix=False)
+    backend = HFBackend.from_pretrained(folder, device=device, dtype=dtype, reuse_prefix=False)
     if policy in special:
         backend.runner.policy = special[policy]
         backend.runner.warm_up()
@@ -121,20 +123,24 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
     result = summarize(first, total, new_tokens, batch)
     result["prompt_tokens"] = len(ids[0])
     policy = backend.policy
-    matrices = f" over FBGEMM {policy.row_matrices} matrices" if batch == 1 and policy.row_matrices else ""
-    quantized = " (QUANTIZED, opt-in)" if policy.row_matrices == "int8" and batch == 1 else ""
+    over_fbgemm = policy.decode_matrices and policy.for_rows(batch) == torch.float32
+    matrices = f" over FBGEMM {policy.decode_matrices} matrices" if over_fbgemm else ""
+    quantized = " (QUANTIZED, opt-in)" if over_fbgemm and policy.decode_matrices == "int8" else ""
     result["note"] = (f"prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}{quantized}, "
                       f"cache {policy.cache_for_rows(batch)}").replace("torch.", "")
+    if backend.device.type == "cuda":
+        result["note"] += f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     return result
 
 
-def worker_hf_generate(folder: Path, prompt: str, batch: int, new_tokens: int, repeats: int) -> dict:
+def worker_hf_generate(folder: Path, prompt: str, batch: int, new_tokens: int, repeats: int,
+                       device: str) -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(str(folder)).eval()
+    model = LlamaForCausalLM.from_pretrained(str(folder)).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    input_ids = torch.tensor([tokenizer(prompt)["input_ids"]] * batch)
+    input_ids = torch.tensor([tokenizer(prompt)["input_ids"]] * batch, device=device)
 
     def run(n: int) -> None:
         with torch.inference_mode():
@@ -182,7 +188,7 @@ from kgen.generate import generate
 args = json.loads(sys.argv[1])
 if args["threads"]:
     torch.set_num_threads(args["threads"])
-models.load_model(args["folder"], device="cpu")  # fp16 LlamaForCausalLM with sdpa, as tipo-kgen loads it
+models.load_model(args["folder"], device=args["device"])  # fp16 LlamaForCausalLM + sdpa, as tipo-kgen does
 def run(n):
     out, prompt_tokens, completion_tokens = generate(prompt=args["prompt"], max_new_tokens=n, seed=0,
                                                      suppress_tokens=[2])
@@ -198,7 +204,8 @@ print("RESULT " + json.dumps({"first": first, "total": total,
 '''
 
 
-def run_reference(folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int) -> dict:
+def run_reference(folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int,
+                  device: str) -> dict:
     from oracle import OracleUnavailable, reference_dir
 
     try:
@@ -208,7 +215,7 @@ def run_reference(folder: Path, prompt: str, new_tokens: int, repeats: int, thre
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(target), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     payload = json.dumps({"folder": str(folder), "prompt": prompt, "new_tokens": new_tokens,
-                          "repeats": repeats, "threads": threads})
+                          "repeats": repeats, "threads": threads, "device": device})
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.run([sys.executable, "-c", REFERENCE_DRIVER, payload], cwd=cwd, env=env,
                               capture_output=True, text=True)
@@ -229,20 +236,23 @@ def run_worker(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(args.threads)
     if name in OURS:
-        return worker_ours(folder, args.prompt, OURS[name], batch, args.new_tokens, args.repeats)
+        return worker_ours(folder, args.prompt, OURS[name], batch, args.new_tokens, args.repeats,
+                           args.device)
     if name == "hf-generate-fp32":
-        return worker_hf_generate(folder, args.prompt, batch, args.new_tokens, args.repeats)
+        return worker_hf_generate(folder, args.prompt, batch, args.new_tokens, args.repeats, args.device)
     if name == "llamacpp-f16":
+        if args.device != "cpu":
+            return {"error": "CPU only in this benchmark"}
         return worker_llamacpp(folder, args.prompt, args.new_tokens, args.repeats, args.threads)
     raise SystemExit(f"unknown configuration {name}")
 
 
 def measure(config: str, folder: Path, prompt: str, args: argparse.Namespace) -> dict:
     if config.startswith("reference/"):
-        return run_reference(folder, prompt, args.new_tokens, args.repeats, args.threads)
+        return run_reference(folder, prompt, args.new_tokens, args.repeats, args.threads, args.device)
     cmd = [sys.executable, __file__, "--worker", config, "--folder", str(folder), "--prompt", prompt,
            "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--device", args.device]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -252,6 +262,14 @@ def measure(config: str, folder: Path, prompt: str, args: argparse.Namespace) ->
 
 
 # ------------------------------------------------------------------------------------------------ main
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -266,6 +284,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for every engine (0: each engine's default, all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (ours, the reference, generate)")
     parser.add_argument("--only", default="",
                         help="comma-separated configurations, e.g. ours-auto/1,reference/1")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -278,13 +297,15 @@ def main() -> None:
     if args.quick:
         args.new_tokens, args.repeats = min(args.new_tokens, 32), 1
     configs = args.only.split(",") if args.only else (QUICK if args.quick else all_configs())
+    if args.device != "cpu":
+        configs = [c for c in configs if c.split("/")[0] not in CPU_ONLY]
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="kgen-decode-bench-") as tmp:
         folder = Path(tmp) / "tipo-200m-random"
         prompt = prepare(folder)
         print(f"TIPO-200M shape, random weights, {args.new_tokens} new tokens, median of {args.repeats}, "
-              f"{os.cpu_count()} CPUs", flush=True)
+              f"{os.cpu_count()} CPUs, device {device_name(args.device)}", flush=True)
         header = f"{'configuration':<22}{'batch':>6}{'prefill ms':>12}{'decode ms/tok':>15}{'tokens/s':>10}"
         print(header + f"{'peak MiB':>10}  notes", flush=True)
         for config in configs:
