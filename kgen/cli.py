@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--offline", action="store_true", help="never download; use what is on disk")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N; default auto")
-    model.add_argument("--dtype", default=None, help="transformers backend precision override (e.g. float32)")
+    model.add_argument("--dtype", default=None,
+                       help="transformers backend precision: auto (default), float32, bfloat16, float16, or "
+                            "int8 (CPU only: quantized matrices, faster decoding, slightly different output)")
     model.add_argument("--list-models", action="store_true", help="list registry and local models, then exit")
 
     sampling = parser.add_argument_group(

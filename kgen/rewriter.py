@@ -126,6 +126,7 @@ class BackendConfig:
     offline: bool = False
     memory: str = "offload"  # keep | offload | unload (kgen.backends.loader.MemoryPolicy)
     default_device: str = "auto"  # what a device control of "auto" stands for
+    cpu_precision: str = "auto"  # "int8": quantized transformers decoding on the CPU (opt-in, faster)
 
 
 def device_for(control: str, default: str) -> str:
@@ -165,7 +166,8 @@ class LoaderBackends:
             self.cache = loader.BackendCache(store, **custom)
         ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
         options = loader.LoadOptions(
-            device=device_for(settings.device, config.default_device), memory=config.memory or "offload"
+            device=device_for(settings.device, config.default_device), memory=config.memory or "offload",
+            dtype="int8" if config.cpu_precision == "int8" else None,
         )
         with self.cache.session(ref, options) as backend:
             yield backend, ref.spec

@@ -104,8 +104,15 @@ _WEBUI_ESCAPE = re.compile(r"\\([\\()\[\]])")
 
 
 def clean_tag(text: str) -> str:
-    """Remove WebUI escapes and collapse whitespace; case and underscores are kept."""
-    return " ".join(_WEBUI_ESCAPE.sub(r"\1", text).split())
+    """Remove WebUI escapes and collapse whitespace; case and underscores are kept.
+
+    Escapes are removed until none is left (``\\\\)`` -> ``\\)`` -> ``)``), so a cleaned tag cleans to itself:
+    a backslash before a bracket is never part of a tag's name."""
+    while True:
+        unescaped = _WEBUI_ESCAPE.sub(r"\1", text)
+        if unescaped == text:
+            return " ".join(text.split())
+        text = unescaped
 
 
 def tag_key(text: str) -> str:

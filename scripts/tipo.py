@@ -86,6 +86,7 @@ def backend_config():
         offline=bool(cmd_flag("tipo_offline", False)),
         memory=option_value("tipo_memory", "offload") or "offload",
         default_device=cmd_flag("tipo_device") or option_value("tipo_default_device", "auto") or "auto",
+        cpu_precision=option_value("tipo_cpu_precision", "auto") or "auto",
     )
 
 
@@ -588,6 +589,17 @@ def on_ui_settings():
             "Device for 'auto' (--tipo-device overrides)",
             gr.Dropdown,
             {"choices": list(settings_module.DEVICES)},
+            section=section,
+        ),
+    )
+    add(
+        "tipo_cpu_precision",
+        OptionInfo(
+            "auto",
+            "TIPO on the CPU: auto (the model's arithmetic) or int8 (quantized: faster decoding, "
+            "slightly different prompts)",
+            gr.Radio,
+            {"choices": ["auto", "int8"]},
             section=section,
         ),
     )

@@ -219,6 +219,18 @@ def test_gpu_out_of_memory_while_loading_falls_back_to_cpu(tmp_path, caplog, mon
     assert "out of GPU memory" in caplog.text
 
 
+def test_int8_option_reaches_the_cpu_loader_and_means_automatic_on_a_gpu(tmp_path, monkeypatch):
+    import kgen.backends.loader as loader
+
+    monkeypatch.setattr(loader, "cuda_available", lambda: True)
+    write_transformers_folder(tmp_path / "Tiny")
+    hf = RecordingHFLoader(oom_on=("cuda",))
+    build_backend(SPEC, store_at(tmp_path), LoadOptions(device="cuda", dtype="int8"), hf_loader=hf)
+    build_backend(SPEC, store_at(tmp_path), LoadOptions(device="cpu", dtype="int8"), hf_loader=hf)
+    # GPU: automatic precision (int8 matrices are a CPU kernel); its out-of-memory fallback and the CPU: int8
+    assert [(call[1], call[2]) for call in hf.calls] == [("cuda", None), ("cpu", "int8"), ("cpu", "int8")]
+
+
 def test_out_of_memory_on_cpu_and_other_errors_propagate(tmp_path):
     write_transformers_folder(tmp_path / "Tiny")
     with pytest.raises(RuntimeError, match="out of memory"):

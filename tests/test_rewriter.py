@@ -305,3 +305,21 @@ def test_control_values_from_a_pasted_infotext():
     assert control_value("temperature", params, pasted) is None  # left as it is
     # an infotext without TIPO: TIPO off, earlier pasted values forgotten, the rest untouched
     assert [control_value(n, {}, None) for n in ("enabled", "source_variant", "seed")] == [False, "", None]
+
+
+@pytest.mark.parametrize("precision, dtype", [("auto", None), ("int8", "int8")])
+def test_cpu_precision_setting_reaches_the_load_options(tmp_path, precision, dtype):
+    from kgen.backends import loader
+    from kgen.registry import MODELS
+
+    seen = []
+
+    def builder(ref, store, options):
+        seen.append(options)
+        return loader.LoadedModel(ReplayBackend(seeded_completion), ref, "cpu")
+
+    built = LoaderBackends(lambda: BackendConfig(tmp_path, offline=True, cpu_precision=precision),
+                           builder=builder)
+    with built.session(TipoSettings(model=MODELS[0].name, device="cpu")):
+        pass
+    assert [options.dtype for options in seen] == [dtype]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kgen.data.pack_tags import pack
@@ -204,6 +204,7 @@ def test_protocol_modules_do_not_import_torch_or_load_data():
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30) | st.sampled_from(["Hatsune_Miku", "^_^"]))
+@example("\\\\)")  # an escaped backslash before a bracket: once cleaned to "\)", which cleaned to ")"
 def test_any_text_classifies_to_a_stable_canonical_name(text):
     found = classify_tag(text)
     if found is None:

@@ -4,16 +4,18 @@ Two runners share one loop (``HFBackend._generate_batch``):
 
 * ``LlamaRunner`` (LLaMA-architecture models, TIPO and DanTagGen): a gpt-fast style forward written over the
   model's own weight tensors, with fused QKV and gate/up projections, a KV cache allocated once per batch
-  and only the last position sent through the LM head. It does not depend on transformers' cache classes,
-  so it behaves the same on transformers 4.30 to 5.x, and it keeps one weight copy per dtype the policy
-  uses (``DTypePolicy``: prefill, one-row decode, batch decode).
+  and only the last position sent through the LM head. Prompts go through ``forward``; each new token
+  through ``decode_step``, the same arithmetic in fewer and cheaper ops (decoding a small model is weight
+  reads plus per-op overhead). It does not depend on transformers' cache classes, so it behaves the same on
+  transformers 4.30 to 5.x, and it keeps one weight copy per dtype the policy uses (``DTypePolicy``).
 * ``TransformersRunner`` (any other native causal LM, e.g. mixture-of-experts models): ``model.forward``
   with the cache object transformers returns (a tuple on old versions, a Cache object on new ones).
 
 Batches are left-padded; padding is masked out of attention and position ids count real tokens only, so a
-row's tokens do not depend on what else is in the batch. The KV cache of the previous batch is kept: a new
-prompt that starts with tokens already in it (the pipeline's retries share a long prefix) copies those
-keys/values instead of recomputing them.
+row's tokens do not depend on what else is in the batch. On CPUs the KV cache of the previous batch is kept:
+a new prompt that starts with tokens already in it (the pipeline's retries share a long prefix) copies those
+keys/values instead of recomputing them (CPU kernels give a row the same bits whatever the batch; GPU kernels
+do not, so there it is off by default).
 
 CPU dtype policy (measured on a 2-core Zen 4 with AVX512-BF16; numbers in README): decoding is bound by
 reading the weights once per token, prompt processing by matmul throughput. Prompt processing and batched
@@ -22,12 +24,10 @@ re-packs the weights on every call, which dominates when only a few rows go thro
 in float16, whose matrix-vector kernel is the fastest 16-bit one-row path of plain PyTorch (float16 matmuls
 with many rows are ~20x slower, which is why the reference's float16 prompt processing is slow); with one
 thread (the count when the backend is built) it runs in float32 over float16 matrices prepacked for FBGEMM
-(``FbgemmMatrix``), ~20% faster there, but FBGEMM gains little from a second thread. Attention runs on a
-float32 cache for one row (PyTorch's fused CPU attention is slow in 16-bit dtypes) and as plain matmuls on a
-bfloat16 cache for batches.
-``dtype="int8"`` (opt-in) reads int8 matrices instead when decoding one row: half the bytes per token.
-Without AVX512-BF16 everything is float32. On CUDA one 16-bit dtype (bfloat16 where supported) serves both
-phases.
+(``FbgemmMatrix``), faster there. The KV cache is float32 (PyTorch's fused CPU attention is several times
+slower in 16-bit dtypes) and so is the residual stream while decoding. ``dtype="int8"`` (opt-in) decodes
+over int8 matrices instead: half the bytes per token. Without AVX512-BF16 everything is float32. On CUDA one
+16-bit dtype (bfloat16 where supported) serves every phase.
 """
 
 from __future__ import annotations

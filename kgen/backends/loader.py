@@ -44,7 +44,7 @@ class MemoryPolicy(str, Enum):
 class LoadOptions:
     device: str = "auto"  # "auto" (GPU when usable), "cpu", "cuda" or "cuda:N"
     memory: MemoryPolicy = MemoryPolicy.KEEP
-    dtype: str | None = None  # transformers backend: None lets the backend choose per device
+    dtype: str | None = None  # transformers backend: None lets the backend choose per device; "int8": CPU
     n_ctx: int = 0  # llama.cpp context; 0: the model's
     n_threads: int | None = None  # llama.cpp CPU threads; None: all available
     gpu_layers: int = -1  # llama.cpp layers on the GPU when the device is a GPU (-1: all)
@@ -171,13 +171,21 @@ def build_backend(
         return _load_gguf(ref, path, device, options)
     folder, weights = _transformers_sources(ref, path, store)
     try:
-        return LoadedModel(hf_loader(folder, device, options.dtype, weights), ref, device)
+        return LoadedModel(hf_loader(folder, device, dtype_for(device, options.dtype), weights), ref, device)
     except Exception as exc:
         if device == "cpu" or not is_out_of_memory(exc):
             raise
         logger.warning("out of GPU memory loading %s on %s; loading it on the CPU instead", ref.label, device)
         release_gpu_memory()
         return LoadedModel(hf_loader(folder, "cpu", options.dtype, weights), ref, "cpu")
+
+
+def dtype_for(device: str, dtype: str | None) -> str | None:
+    """The transformers dtype option on ``device``: "int8" (FBGEMM, CPU only) means automatic on a GPU."""
+    if dtype is not None and dtype.lower() == "int8" and device != "cpu":
+        logger.info("dtype int8 is a CPU option; %s uses its automatic precision", device)
+        return None
+    return dtype
 
 
 def _load_gguf(ref: ModelRef, path: Path, device: str, options: LoadOptions) -> LoadedModel:
