@@ -5,6 +5,7 @@ import pytest
 import torch
 from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
 
+from kgen.backends import decode_loop
 from kgen.backends.base import SamplingSettings
 from kgen.backends.hf import DTypePolicy, HFBackend
 from kgen.backends.loader import BackendCache, LoadedModel, LoadOptions, MemoryPolicy
@@ -139,3 +140,16 @@ def test_memory_policy_returns_the_vram_after_each_request(tmp_path, model, toke
 def test_policy_for_cuda_never_packs_for_onednn():
     policy = DTypePolicy.for_device(torch.device("cuda"))
     assert not policy.pack and policy.decode_matrices is None
+
+
+@pytest.mark.skipif(decode_loop.compile_decode_layers() is None,
+                    reason="TorchScript cannot compile the decode loop with this PyTorch")
+def test_compiled_decode_loop_computes_the_python_loop_s_bits_on_the_gpu(model, tokenizer):
+    backend = HFBackend(model, tokenizer, device="cuda")
+    plain = HFBackend(model, tokenizer, device="cuda")
+    plain.runner.script = False
+    assert backend.runner.layer_loop() is not decode_loop.decode_layers
+    assert plain.runner.layer_loop() is decode_loop.decode_layers
+    prompts = [backend.encode(p) for p in PROMPTS[:3]]
+    for rows, seeds in ((prompts, [1, 2, 3]), (prompts[:1], [4])):
+        assert backend.generate_ids(rows, SAMPLED, seeds) == plain.generate_ids(rows, SAMPLED, seeds)

@@ -4,8 +4,10 @@ import pytest
 import torch
 from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
 
+from kgen.backends import decode_loop
 from kgen.backends.base import Backend, SamplingSettings
 from kgen.backends.hf import (
+    Batch,
     DTypePolicy,
     FbgemmMatrix,
     HFBackend,
@@ -168,8 +170,10 @@ def test_new_tokens_are_capped_by_context(model, tokenizer):
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
     DTypePolicy(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
                 cache=torch.float32, decode_matrices="float16"),
+    DTypePolicy(torch.float32, torch.float32, torch.float32, decode_matrices="float16"),  # CPUs without bf16
     DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
-], ids=["bf16", "bf16-prefill-fp16-decode", "bf16-prefill-fbgemm-fp16-decode", "auto"])
+], ids=["bf16", "bf16-prefill-fp16-decode", "bf16-prefill-fbgemm-fp16-decode", "fp32-fbgemm-fp16-decode",
+        "auto"])
 def test_reduced_precision_policies_run(model, tokenizer, policy):
     backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     backend.runner.policy = policy
@@ -250,3 +254,31 @@ def test_int8_option_decodes_reproducibly(model, tokenizer):
 def test_int8_is_a_cpu_option():
     with pytest.raises(ValueError, match="CPU"):
         policy_for(torch.device("cuda"), "int8")
+
+
+@pytest.mark.skipif(decode_loop.compile_decode_layers() is None,
+                    reason="TorchScript cannot compile the decode loop with this PyTorch")
+@pytest.mark.parametrize("dtype", ["float32", None, "int8"], ids=["fp32", "auto", "int8"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_compiled_decode_loop_computes_the_python_loop_s_bits(model, tokenizer, dtype, rows):
+    if dtype == "int8" and not fbgemm_available("int8"):
+        pytest.skip("this torch has no FBGEMM int8 linear")
+    backend = HFBackend(model, tokenizer, device="cpu", dtype=dtype)
+    compiled = backend.runner
+    plain = HFBackend(model, tokenizer, device="cpu", dtype=dtype).runner
+    plain.script = False
+    assert compiled.layer_loop() is not decode_loop.decode_layers
+    assert plain.layer_loop() is decode_loop.decode_layers
+    prompts = [backend.encode(p) for p in PROMPTS[:rows]]
+    batch = Batch(prompts, max(len(p) for p in prompts) + 6, torch.device("cpu"), EOS)
+    runners = (compiled, plain)
+    caches = [runner.new_cache(rows, batch.capacity) for runner in runners]
+    logits = [runner.prefill(batch, cache, 0) for runner, cache in zip(runners, caches, strict=True)]
+    assert torch.equal(*logits)
+    tokens = logits[0].argmax(-1)
+    for slot in range(batch.width, batch.capacity - 1):
+        logits = [runner.decode(batch, cache, tokens, slot)
+                  for runner, cache in zip(runners, caches, strict=True)]
+        assert torch.equal(*logits), slot
+        assert torch.equal(caches[0].keys[-1][:, :, : slot + 1], caches[1].keys[-1][:, :, : slot + 1])
+        tokens = logits[0].argmax(-1)

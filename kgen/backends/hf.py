@@ -38,7 +38,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import decode_loop
 from .base import Completion, SamplingSettings
 from .sampling import SamplerChain, build_chain, make_generator
 
@@ -138,18 +139,18 @@ class DTypePolicy:
         if device.type != "cpu":
             return cls.uniform(torch.float32)
         packed = packed_linear_available()
+        # Decoding reads every weight once per token: float32 activations over FBGEMM's float16 matrices
+        # (half the bytes of float32, and no conversions in the decode step) where FBGEMM runs. The KV cache
+        # is float32: PyTorch's fused CPU attention is several times slower in 16-bit dtypes.
+        matrices = "float16" if fbgemm_available("float16") else None
         if cpu_has_fast_bf16():
-            # Many rows per matmul (prompt, batches): prepacked bfloat16. One row: float16's matrix-vector
-            # kernel, or with one thread float32 activations over FBGEMM's float16 matrices (faster there,
-            # but FBGEMM splits one row's work poorly across threads). PyTorch's fused CPU attention is slow
-            # in 16-bit dtypes and one row's cache is small, so that cache is float32.
-            if torch.get_num_threads() == 1 and fbgemm_available("float16"):
-                return cls(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
-                           cache=torch.float32, batch_cache=torch.float32, pack=packed,
-                           decode_matrices="float16")
-            return cls(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16,
-                       cache=torch.float32, batch_cache=torch.float32, pack=packed)
-        return cls(torch.float32, torch.float32, torch.float32, pack=packed)
+            # Many rows per matmul (prompt, batches): prepacked bfloat16. One row without FBGEMM: float16's
+            # matrix-vector kernel, the fastest 16-bit one of plain PyTorch.
+            return cls(prefill=torch.bfloat16, decode=torch.float32 if matrices else torch.float16,
+                       batch_decode=torch.bfloat16, cache=torch.float32, batch_cache=torch.float32,
+                       pack=packed, decode_matrices=matrices)
+        return cls(torch.float32, torch.float32, torch.float32, cache=torch.float32,
+                   batch_cache=torch.float32, pack=packed, decode_matrices=matrices)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -410,40 +411,19 @@ def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> to
     return F.linear(x, weight, bias)
 
 
-MatMul = Callable[[torch.Tensor], torch.Tensor]
-
-
-def matmul_of(weight: Any, bias: torch.Tensor | None = None) -> MatMul:
-    """``x (rows, in) -> x @ weight.T + bias`` for 2-D ``x``, resolved once for the weight's storage, so
-    the decode loop pays for no dispatch of its own (it runs ~80 of these per token)."""
-    if isinstance(weight, FbgemmMatrix):
-        if bias is None:
-            return weight
-        return lambda x: weight(x).add_(bias)
-    if weight.is_mkldnn:
-        pointwise = torch.ops.mkldnn._linear_pointwise
-        return lambda x: pointwise(x, weight, bias, "none", [], "")
-    return functools.partial(F.linear, weight=weight, bias=bias)
-
-
-@dataclass(frozen=True)
-class DecodeLayer:
-    """One layer as the decode step uses it: float32 norm weights and resolved matrix products."""
-
-    attn_norm: torch.Tensor
-    qkv: MatMul
-    out: MatMul
-    mlp_norm: torch.Tensor
-    gate_up: MatMul
-    down: MatMul
-
-
 @dataclass(frozen=True)
 class DecodeWeights:
+    """A weight copy as ``decode_loop.decode_layers`` takes it (lists in its argument order)."""
+
+    kind: int  # decode_loop.DENSE / ONEDNN / FBGEMM_FP16 / FBGEMM_INT8
     embed: torch.Tensor
-    layers: list[DecodeLayer]
+    attn_norms: list[torch.Tensor]
+    mlp_norms: list[torch.Tensor]
+    matrices: list[torch.Tensor]  # dense or oneDNN matrices, 4 per layer (QKV, out, gate/up, down)
+    packed: list[Any]  # FBGEMM matrices, 4 per layer
+    biases: list[torch.Tensor]  # 4 per layer; empty: none
     norm: torch.Tensor
-    lm_head: MatMul
+    head: tuple[list[torch.Tensor], list[Any], list[torch.Tensor]]  # the LM head as matrix 0 of lists
     matmul_dtype: torch.dtype  # what the products take: float32 for FBGEMM matrices, else the weights'
     residual_dtype: torch.dtype  # the residual stream's (and the norm weights') dtype
 
@@ -451,14 +431,29 @@ class DecodeWeights:
 def decode_weights(weights: LlamaWeights, layout: str) -> DecodeWeights:
     """CPU: float32 residual stream (PyTorch's CPU norms are fused only in float32, and 16-bit elementwise
     ops are slow there). GPU: the weights' dtype, which needs no conversion kernels between layers."""
-    matmul_dtype = torch.float32 if layout.startswith("fbgemm-") else weights.embed.dtype
+    kinds = {"fbgemm-float16": decode_loop.FBGEMM_FP16, "fbgemm-int8": decode_loop.FBGEMM_INT8,
+             "onednn": decode_loop.ONEDNN}
+    kind = kinds.get(layout, decode_loop.DENSE)
+    fbgemm = layout.startswith("fbgemm-")
+    matmul_dtype = torch.float32 if fbgemm else weights.embed.dtype
     residual = torch.float32 if weights.embed.device.type == "cpu" else matmul_dtype
-    layers = [DecodeLayer(layer.attn_norm.to(residual), matmul_of(layer.qkv, layer.qkv_bias),
-                          matmul_of(layer.out, layer.out_bias), layer.mlp_norm.to(residual),
-                          matmul_of(layer.gate_up), matmul_of(layer.down))
-              for layer in weights.layers]
-    return DecodeWeights(weights.embed, layers, weights.norm.to(residual), matmul_of(weights.lm_head),
-                         matmul_dtype, residual)
+    none = torch.empty(0, dtype=matmul_dtype, device=weights.embed.device)
+
+    def stored(matrix: Any) -> Any:
+        return matrix.packed if fbgemm else matrix
+
+    matrices = [m for layer in weights.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
+    biases = [b if b is not None else none for layer in weights.layers
+              for b in (layer.qkv_bias, layer.out_bias, None, None)]
+    return DecodeWeights(
+        kind=kind, embed=weights.embed,
+        attn_norms=[layer.attn_norm.to(residual) for layer in weights.layers],
+        mlp_norms=[layer.mlp_norm.to(residual) for layer in weights.layers],
+        matrices=[] if fbgemm else matrices, packed=[stored(m) for m in matrices] if fbgemm else [],
+        biases=biases, norm=weights.norm.to(residual),
+        head=([], [stored(weights.lm_head)], [none]) if fbgemm else ([weights.lm_head], [], [none]),
+        matmul_dtype=matmul_dtype, residual_dtype=residual,
+    )
 
 
 def _lay_out(weights: LlamaWeights, layout: str) -> LlamaWeights:
@@ -529,7 +524,7 @@ class LlamaRunner:
 
     supports_prefix_reuse = True
 
-    def __init__(self, model: Any, device: torch.device, policy: DTypePolicy) -> None:
+    def __init__(self, model: Any, device: torch.device, policy: DTypePolicy, script: bool = True) -> None:
         config = model.config
         self.model = model
         self.device = device
@@ -553,6 +548,8 @@ class LlamaRunner:
         self._sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device)
         self._weights: dict[tuple[torch.dtype, str], LlamaWeights] = {}
         self._decode_weights: dict[tuple[torch.dtype, str], DecodeWeights] = {}
+        self.script = script
+        self._layer_loop: Any = None
 
     def layout(self, dtype: torch.dtype, decoding: bool = False) -> str:
         """How the matrices of a ``dtype`` pass are stored: "dense", "onednn", "fbgemm-float16/int8"."""
@@ -691,29 +688,24 @@ class LlamaRunner:
         queries and keys together, attention is PyTorch's fused kernel over the cache.
         """
         w = self.decode_weights(dtype, layout)
-        matmul_dtype, eps = w.matmul_dtype, self.eps
-        rows = tokens.shape[0]
-        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        groups, rotated = heads // kv_heads, heads + kv_heads
         cache_dtype = cache.keys[0].dtype
         rope = self.rope_matrices(positions).to(cache_dtype)
         h = F.embedding(tokens.view(-1), w.embed).to(w.residual_dtype)  # (rows, hidden)
-        for layer, key_cache, value_cache in zip(w.layers, cache.keys, cache.values, strict=True):
-            x = rms_norm(h, layer.attn_norm, eps).to(matmul_dtype)
-            qkv = layer.qkv(x).view(rows, rotated + kv_heads, head_dim).to(cache_dtype)
-            qk = torch.bmm(qkv[:, :rotated], rope)  # queries and keys, rotated
-            key_cache[:, :, slot] = qk[:, heads:]
-            value_cache[:, :, slot] = qkv[:, rotated:]
-            keys, values = key_cache[:, :, : slot + 1], value_cache[:, :, : slot + 1]
-            if groups > 1:
-                keys = keys.repeat_interleave(groups, dim=1)
-                values = values.repeat_interleave(groups, dim=1)
-            attn = F.scaled_dot_product_attention(qk[:, :heads].unsqueeze(2), keys, values, attn_mask=mask)
-            h.add_(layer.out(attn.view(rows, heads * head_dim).to(matmul_dtype)))
-            x = rms_norm(h, layer.mlp_norm, eps).to(matmul_dtype)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h.add_(layer.down(F.silu(gate).mul_(up)))
-        return w.lm_head(rms_norm(h, w.norm, eps).to(matmul_dtype)).float()
+        fused_norm = decode_loop.HAS_FUSED_RMS_NORM and (h.dtype == torch.float32 or h.is_cuda)
+        arguments = (w.kind, h, w.attn_norms, w.mlp_norms, w.matrices, w.packed, w.biases, cache.keys,
+                     cache.values, rope, mask, slot, self.eps, fused_norm, self.heads, self.kv_heads,
+                     self.head_dim, w.matmul_dtype, cache_dtype)
+        with torch.jit.optimized_execution(False):  # run the ops as written: no fusion, no re-specializing
+            h = self.layer_loop()(*arguments)
+        last = decode_loop.norm(h, w.norm, self.eps, fused_norm).to(w.matmul_dtype)
+        return decode_loop.product(w.kind, last, 0, *w.head).float()
+
+    def layer_loop(self) -> Any:
+        """``decode_loop.decode_layers``, compiled by TorchScript on first use when possible."""
+        if self._layer_loop is None:
+            compiled = decode_loop.compile_decode_layers() if self.script else None
+            self._layer_loop = compiled or decode_loop.decode_layers
+        return self._layer_loop
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -38,21 +38,19 @@ EOS_ID = 2
 # name -> (kind, dtype policy for ours, batch)
 OURS = {
     "ours-auto": "auto",  # what HFBackend picks by itself for this machine
+    "ours-auto-python": "auto-python",  # the same with the decode loop run by Python, not TorchScript
     "ours-fp32": "float32",
     "ours-bf16": "bfloat16",
     "ours-fp16": "float16",
-    "ours-fbgemm16": "fbgemm16",  # one-row decode in fp32 over FBGEMM fp16 matrices (auto's 1-thread choice)
     "ours-int8": "int8",  # opt-in quantization: one-row decode over int8 matrices, not the model's exact math
 }
 QUANTIZED = {"ours-int8"}
-CPU_ONLY = {"ours-int8", "ours-fbgemm16", "llamacpp-f16"}  # FBGEMM matrices; llama.cpp here is a CPU build
+CPU_ONLY = {"ours-int8", "llamacpp-f16"}  # FBGEMM matrices; llama.cpp here is a CPU build
 QUICK = ["ours-auto/1", "ours-auto/8", "ours-int8/1", "ours-int8/8", "reference/1", "llamacpp-f16/1"]
 
 
 def all_configs() -> list[str]:
-    one_row_only = {"ours-fbgemm16"}  # its batches run as ours-auto's
-    configs = [f"{name}/{batch}" for name in OURS for batch in (1, 8)
-               if batch == 1 or name not in one_row_only]
+    configs = [f"{name}/{batch}" for name in OURS for batch in (1, 8)]
     return [*configs, "hf-generate-fp32/1", "reference/1", "llamacpp-f16/1"]
 
 
@@ -96,19 +94,13 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
                 device: str) -> dict:
     import torch
 
+    from kgen.backends import decode_loop
     from kgen.backends.base import SamplingSettings
-    from kgen.backends.hf import DTypePolicy, HFBackend, packed_linear_available
+    from kgen.backends.hf import HFBackend
 
-    special = {
-        "fbgemm16": DTypePolicy(torch.bfloat16, torch.float32, torch.bfloat16, cache=torch.float32,
-                                batch_cache=torch.float32, pack=packed_linear_available(),
-                                decode_matrices="float16"),
-    }
-    dtype = None if policy == "auto" or policy in special else policy
+    dtype = None if policy in ("auto", "auto-python") else policy
     backend = HFBackend.from_pretrained(folder, device=device, dtype=dtype, reuse_prefix=False)
-    if policy in special:
-        backend.runner.policy = special[policy]
-        backend.runner.warm_up()
+    backend.runner.script = policy != "auto-python"  # the decode loop compiled by TorchScript, or not
     ids = [backend.encode(prompt)] * batch
     seeds = list(range(batch))
 
@@ -126,8 +118,9 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
     over_fbgemm = policy.decode_matrices and policy.for_rows(batch) == torch.float32
     matrices = f" over FBGEMM {policy.decode_matrices} matrices" if over_fbgemm else ""
     quantized = " (QUANTIZED, opt-in)" if over_fbgemm and policy.decode_matrices == "int8" else ""
-    result["note"] = (f"prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}{quantized}, "
-                      f"cache {policy.cache_for_rows(batch)}").replace("torch.", "")
+    loop = "TorchScript" if backend.runner.layer_loop() is not decode_loop.decode_layers else "Python"
+    result["note"] = (f"{loop} loop, prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}"
+                      f"{quantized}, cache {policy.cache_for_rows(batch)}").replace("torch.", "")
     if backend.device.type == "cuda":
         result["note"] += f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     return result
