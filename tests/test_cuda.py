@@ -3,7 +3,9 @@ reproducible in the GPU's 16-bit policy, and the memory policy really gives the 
 
 import pytest
 import torch
-from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
+from test_hf_backend import PROMPTS as ALL_PROMPTS
+from test_hf_backend import reference_greedy
+from tiny_models import build_tiny_llama
 
 from kgen.backends import decode_loop
 from kgen.backends.base import SamplingSettings
@@ -12,35 +14,9 @@ from kgen.backends.loader import BackendCache, LoadedModel, LoadOptions, MemoryP
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to PyTorch")
 
-EOS = 2
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
 SAMPLED = SamplingSettings(max_new_tokens=24, stop_on_eos=False, temperature=1.0)
-PROMPTS = [
-    TIPO_LIKE_PROMPT,
-    "rating: general\nartist: <|empty|>\ngeneral: 1girl, solo,",
-    "1girl",
-    "a girl with long hair is standing in a field of flowers",
-    "target: <|short|> <|tag|>\ngeneral: smile, blush",
-]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    tok = build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    tok.padding_side = "left"
-    return tok
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_llama(vocab_size=len(tokenizer), seed=0)
-
-
-def reference_greedy(model, input_ids, attention_mask, settings):
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                         max_new_tokens=settings.max_new_tokens, repetition_penalty=1.0, pad_token_id=EOS)
-    rows = out[:, input_ids.shape[1]:].tolist()
-    return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows]
+PROMPTS = ALL_PROMPTS[:5]
 
 
 def test_auto_policy_is_one_16_bit_dtype_on_the_gpu(model, tokenizer):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import TIPO_LIKE_PROMPT, build_tiny_llama, build_tiny_tokenizer
+from tiny_models import TIPO_LIKE_PROMPT
 
 from kgen.backends import decode_loop
 from kgen.backends.base import Backend, SamplingSettings
@@ -31,18 +31,6 @@ PROMPTS = [
     TIPO_LIKE_PROMPT + " blue eyes, skirt,",
     "copyrights: touhou\ncharacters: hakurei reimu",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    tok = build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    tok.padding_side = "left"
-    return tok
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_llama(vocab_size=len(tokenizer), seed=0)
 
 
 @pytest.fixture(scope="module")
