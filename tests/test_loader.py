@@ -231,6 +231,18 @@ def test_int8_option_reaches_the_cpu_loader_and_means_automatic_on_a_gpu(tmp_pat
     assert [(call[1], call[2]) for call in hf.calls] == [("cuda", None), ("cpu", "int8"), ("cpu", "int8")]
 
 
+def test_int8_without_fbgemm_falls_back_to_automatic_with_a_warning(tmp_path, monkeypatch, caplog):
+    import kgen.backends.hf as hf
+
+    monkeypatch.setattr(hf, "fbgemm_available", lambda kind: False)
+    write_transformers_folder(tmp_path / "Tiny")
+    hf_loader = RecordingHFLoader()
+    with caplog.at_level(logging.WARNING):
+        build_backend(SPEC, store_at(tmp_path), LoadOptions(device="cpu", dtype="int8"), hf_loader=hf_loader)
+    assert [call[2] for call in hf_loader.calls] == [None]
+    assert "no FBGEMM int8 kernel" in caplog.text
+
+
 def test_out_of_memory_on_cpu_and_other_errors_propagate(tmp_path):
     write_transformers_folder(tmp_path / "Tiny")
     with pytest.raises(RuntimeError, match="out of memory"):

@@ -181,9 +181,17 @@ def build_backend(
 
 
 def dtype_for(device: str, dtype: str | None) -> str | None:
-    """The transformers dtype option on ``device``: "int8" (FBGEMM, CPU only) means automatic on a GPU."""
-    if dtype is not None and dtype.lower() == "int8" and device != "cpu":
+    """The transformers dtype option on ``device``: "int8" (FBGEMM, CPU only) means automatic on a GPU, and
+    on a CPU whose PyTorch lacks FBGEMM's int8 kernel (a warning says so)."""
+    if dtype is None or dtype.lower() != "int8":
+        return dtype
+    if device != "cpu":
         logger.info("dtype int8 is a CPU option; %s uses its automatic precision", device)
+        return None
+    from .hf import fbgemm_available
+
+    if not fbgemm_available("int8"):
+        logger.warning("this PyTorch has no FBGEMM int8 kernel; the CPU uses its automatic precision")
         return None
     return dtype
 
