@@ -53,8 +53,16 @@ def product(
     return F.linear(x, matrices[index], optional_bias)
 
 
+def can_fuse_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``norm`` may use PyTorch's own op for ``x``: it exists, x and weight share a dtype, and that
+    is float32 (where it rounds like transformers' LlamaRMSNorm) or x is on a GPU (one kernel instead of
+    seven, rounding once where transformers rounds twice)."""
+    return HAS_FUSED_RMS_NORM and weight.dtype == x.dtype and (x.dtype == torch.float32 or x.is_cuda)
+
+
 def norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool) -> torch.Tensor:
-    """RMS norm with float32 statistics; ``fused``: PyTorch's own op (x and weight of one dtype)."""
+    """RMS norm with float32 statistics (transformers' LlamaRMSNorm arithmetic: scale in x's dtype);
+    ``fused``: PyTorch's own op (see ``can_fuse_norm``)."""
     if fused:
         return torch.rms_norm(x, [x.shape[-1]], weight, eps)
     h = x.float()

@@ -83,9 +83,9 @@ def policy_for(device: torch.device, dtype: str | torch.dtype | None) -> DTypePo
                          f"{device.type}")
     if not fbgemm_available("int8"):
         raise ValueError("dtype='int8' needs PyTorch's FBGEMM int8 linear, which this PyTorch lacks")
-    # Quantized one-row decoding; prompt processing and batches as in the automatic policy.
+    # Quantized decoding (one row and batches); prompt processing as in the automatic policy.
     return replace(DTypePolicy.for_device(device), decode=torch.float32, batch_decode=torch.float32,
-                   cache=torch.float32, batch_cache=torch.float32, decode_matrices="int8")
+                   decode_matrices="int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -238,7 +238,7 @@ class TokenHistory:
         return grid if len(active) == grid.shape[0] else grid[active]
 
 
-def token_history(prompts: list[list[int]], new_tokens: int, vocab_size: int) -> TokenHistory:
+def token_history(prompts: list[list[int]], new_tokens: int) -> TokenHistory:
     known = [sorted(set(prompt)) for prompt in prompts]  # ids already checked to be in the vocabulary
     width = max(len(ids) for ids in known)
     grid = torch.tensor([ids + [ids[0]] * (width + new_tokens - len(ids)) for ids in known],
@@ -499,19 +499,8 @@ def rope_theta(config: Any) -> float:
     return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
-_FUSED_RMS_NORM = getattr(F, "rms_norm", None)  # PyTorch >= 2.4
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Same arithmetic as transformers' LlamaRMSNorm: statistics in float32, scale in the model dtype.
-    # PyTorch's own op (float32 statistics too) in float32, where it rounds the same way, and on GPUs in
-    # any dtype: one kernel instead of seven, rounding once where transformers rounds twice.
-    fused = x.dtype == torch.float32 or (x.is_cuda and x.dtype == weight.dtype)
-    if fused and weight.dtype == x.dtype and _FUSED_RMS_NORM is not None:
-        return _FUSED_RMS_NORM(x, weight.shape, weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    return decode_loop.norm(x, weight, eps, decode_loop.can_fuse_norm(x, weight))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -692,7 +681,7 @@ class LlamaRunner:
         cache_dtype = cache.keys[0].dtype
         rope = self.rope_matrices(positions).to(cache_dtype)
         h = F.embedding(tokens.view(-1), w.embed).to(w.residual_dtype)  # (rows, hidden)
-        fused_norm = decode_loop.HAS_FUSED_RMS_NORM and (h.dtype == torch.float32 or h.is_cuda)
+        fused_norm = decode_loop.can_fuse_norm(h, w.norm)  # all norm weights share the residual's dtype
         arguments = (w.kind, h, w.attn_norms, w.mlp_norms, w.matrices, w.packed, w.biases, cache.keys,
                      cache.values, rope, mask, slot, self.eps, fused_norm, self.heads, self.kv_heads,
                      self.head_dim, w.matmul_dtype, cache_dtype)
@@ -962,7 +951,7 @@ class HFBackend:
         cache = runner.new_cache(rows, batch.capacity)
         start = self._restore_prefix(batch, cache) if runner.supports_prefix_reuse else 0
         generators = [make_generator(seed) for seed in seeds]
-        history = token_history(prompts, new_tokens, runner.vocab_size) if chain.uses_history else None
+        history = token_history(prompts, new_tokens) if chain.uses_history else None
         generated: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         logits = runner.prefill(batch, cache, start)
