@@ -177,7 +177,7 @@ def build_backend(
             raise
         logger.warning("out of GPU memory loading %s on %s; loading it on the CPU instead", ref.label, device)
         release_gpu_memory()
-        return LoadedModel(hf_loader(folder, "cpu", options.dtype, weights), ref, "cpu")
+        return LoadedModel(hf_loader(folder, "cpu", dtype_for("cpu", options.dtype), weights), ref, "cpu")
 
 
 def dtype_for(device: str, dtype: str | None) -> str | None:
