@@ -27,6 +27,16 @@ TIPO_ADDED_TOKENS = (
     "<|generated|>", "<|gen_meta|>", "<|tag|>", "<|nl|>", "<|input_end|>", "<|quality|>", "<|meta|>",
 )
 
+# What every LLaMA config here shares with TIPO: RMS norm, SiLU, untied embeddings and the token ids.
+LLAMA_TOKENS_AND_NORMS: dict[str, Any] = {
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": BOS_ID,
+    "eos_token_id": EOS_ID,
+    "pad_token_id": PAD_ID,
+}
+
 TIPO_200M_SHAPE: dict[str, Any] = {
     "hidden_size": 768,
     "intermediate_size": 2304,
@@ -35,12 +45,7 @@ TIPO_200M_SHAPE: dict[str, Any] = {
     "num_key_value_heads": 12,
     "vocab_size": 32013,
     "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "hidden_act": "silu",
-    "tie_word_embeddings": False,
-    "bos_token_id": BOS_ID,
-    "eos_token_id": EOS_ID,
-    "pad_token_id": PAD_ID,
+    **LLAMA_TOKENS_AND_NORMS,
 }
 """LlamaConfig arguments of TIPO-200M (KBlueLeaf/TIPO-200M*)."""
 
@@ -128,12 +133,7 @@ def tiny_llama_config(vocab_size: int = 713, **overrides: Any) -> Any:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
+        **LLAMA_TOKENS_AND_NORMS,
         # Larger than LLaMA's 0.02 so that random logits are well separated (no greedy near-ties).
         "initializer_range": 0.25,
     }
