@@ -35,14 +35,14 @@ for path in (str(TESTS_DIR), str(REPO_ROOT)):
 PROMPT_TOKENS = 46
 EOS_ID = 2
 
-# name -> (kind, dtype policy for ours, batch)
+# configuration name -> the backend's dtype argument (or "auto-python")
 OURS = {
     "ours-auto": "auto",  # what HFBackend picks by itself for this machine
     "ours-auto-python": "auto-python",  # the same with the decode loop run by Python, not TorchScript
     "ours-fp32": "float32",
     "ours-bf16": "bfloat16",
     "ours-fp16": "float16",
-    "ours-int8": "int8",  # opt-in quantization: one-row decode over int8 matrices, not the model's exact math
+    "ours-int8": "int8",  # opt-in quantization: decoding over int8 matrices, not the model's exact math
 }
 QUANTIZED = {"ours-int8"}
 CPU_ONLY = {"ours-int8", "llamacpp-f16"}  # FBGEMM matrices; llama.cpp here is a CPU build
@@ -115,9 +115,10 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
     result = summarize(first, total, new_tokens, batch)
     result["prompt_tokens"] = len(ids[0])
     policy = backend.policy
-    over_fbgemm = policy.decode_matrices and policy.for_rows(batch) == torch.float32
-    matrices = f" over FBGEMM {policy.decode_matrices} matrices" if over_fbgemm else ""
-    quantized = " (QUANTIZED, opt-in)" if over_fbgemm and policy.decode_matrices == "int8" else ""
+    layout = backend.runner.layout(policy.for_rows(batch), decoding=True)
+    fbgemm = layout.removeprefix("fbgemm-") if layout.startswith("fbgemm-") else None
+    matrices = f" over FBGEMM {fbgemm} matrices" if fbgemm else ""
+    quantized = " (QUANTIZED, opt-in)" if fbgemm == "int8" else ""
     loop = "TorchScript" if backend.runner.layer_loop() is not decode_loop.decode_layers else "Python"
     result["note"] = (f"{loop} loop, prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}"
                       f"{quantized}, cache {policy.cache_for_rows(batch)}").replace("torch.", "")
