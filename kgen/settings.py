@@ -158,17 +158,21 @@ class TipoSettings:
 
     @classmethod
     def from_api_args(
-        cls, args: Sequence[Any] | Mapping[str, Any], *, warnings: list[str] | None = None
+        cls,
+        args: Sequence[Any] | Mapping[str, Any],
+        *,
+        base: TipoSettings | None = None,
+        warnings: list[str] | None = None,
     ) -> TipoSettings:
         """Script args as the WebUI hands them over: the positional list, or a dict of named settings
         (given directly or as the first positional argument, which is how the WebUI API delivers
-        ``"args": [{"enabled": true, ...}]``)."""
+        ``"args": [{"enabled": true, ...}]``). Keys a dict leaves out take ``base`` (the defaults)."""
         if isinstance(args, Mapping):
-            return cls.from_mapping(args, warnings=warnings)
+            return cls.from_mapping(args, base=base, warnings=warnings)
         args = list(args)
         if args and isinstance(args[0], Mapping):
             # The WebUI API fills the other positions with the UI defaults: only the dict counts.
-            return cls.from_mapping(dict(args[0]), warnings=warnings)
+            return cls.from_mapping(dict(args[0]), base=base, warnings=warnings)
         return cls.from_positional(args, warnings=warnings)
 
     def to_positional(self) -> list[Any]:

@@ -108,12 +108,16 @@ def model_choices() -> list[str]:
 
 def warn(p, message: str) -> None:
     """The image is still made; tell the user in the log, the infotext, the HTML info and a toast."""
-    log.warning("TIPO: %s", message)
     if p is not None:
-        previous = p.extra_generation_params.get(INFOTEXT_ERROR)
-        p.extra_generation_params[INFOTEXT_ERROR] = message if not previous else f"{previous}; {message}"
+        # before_process and process both read the script args: one warning per job, not one per hook.
+        shown = getattr(p, "tipo_warnings", None) or []
+        if message in shown:
+            return
+        p.tipo_warnings = [*shown, message]
+        p.extra_generation_params[INFOTEXT_ERROR] = "; ".join(p.tipo_warnings)
         if hasattr(p, "comment"):
             p.comment(f"TIPO: {message}")
+    log.warning("TIPO: %s", message)
     try:
         import gradio as gr
 
@@ -132,7 +136,7 @@ def settings_from_args(args, p=None):
         raw_enabled = args[0] if args else False
     warnings: list[str] = []
     try:
-        settings = TipoSettings.from_api_args(args, warnings=warnings)
+        settings = TipoSettings.from_api_args(args, base=configured_defaults(), warnings=warnings)
     except SettingsError as exc:
         if raw_enabled and raw_enabled not in ("false", "False", 0):
             warn(p, f"{exc}; the prompt was left unchanged")
@@ -140,6 +144,28 @@ def settings_from_args(args, p=None):
     for message in warnings:
         log.warning("TIPO: %s", message)
     return settings if settings.enabled else None
+
+
+def configured_defaults():
+    """The defaults chosen on the settings page (named API args fall back to them); a default that is
+    no longer valid is left out with a warning."""
+    chosen = {}
+    for name, _info, _default in TipoSettings.options():
+        value = option_value(f"tipo_default_{name}")
+        if value is not None:
+            chosen[name] = value
+    try:
+        return TipoSettings.from_mapping(chosen)
+    except SettingsError:
+        valid = {}
+        for name, value in chosen.items():
+            try:
+                TipoSettings.from_mapping({name: value})
+            except SettingsError as exc:
+                log.warning("TIPO: settings page default ignored: %s", exc)
+            else:
+                valid[name] = value
+        return TipoSettings.from_mapping(valid)
 
 
 def tipo_seed(p, settings) -> int:
@@ -417,12 +443,13 @@ def build_ui(script: TipoScript, is_img2img: bool) -> list:
                 c["per_image"] = checkbox("per_image")
                 c["no_formatting"] = checkbox("no_formatting")
         with gr.Row(elem_classes=["tipo-row"]):
-            choices = model_choices()
             model_value = options["model"][1]
-            if model_value not in choices:
-                choices = [model_value, *choices]
             c["model"] = gr.Dropdown(
-                choices=choices, value=model_value, label="Model", elem_id=eid("model"), scale=3
+                choices=model_choices_with(model_value),
+                value=model_value,
+                label="Model",
+                elem_id=eid("model"),
+                scale=3,
             )
             info, value = options["device"]
             c["device"] = gr.Dropdown(
@@ -498,6 +525,7 @@ def build_ui(script: TipoScript, is_img2img: bool) -> list:
 
     controls = [c[name] for name in TipoSettings.names()]
     script.controls_by_name = c
+    keep_out_of_ui_config([*c.values(), preview, getattr(accordion, "accordion", None)])
 
     def show_template(choice, current):
         if choice == settings_module.CUSTOM_FORMAT:
@@ -529,6 +557,15 @@ def build_ui(script: TipoScript, is_img2img: bool) -> list:
             (prompt_box, lambda d: d.get(INFOTEXT_PROMPT) if INFOTEXT_KEY in d else None)
         )
     return controls
+
+
+def keep_out_of_ui_config(components) -> None:
+    """The WebUI's ui-config.json records each component's first value and forces it on every later start,
+    which would silently override the defaults chosen in Settings → TIPO. Those defaults are the one source:
+    the WebUI skips components marked like this (modules/ui_loadsave.py)."""
+    for component in components:
+        if component is not None:
+            component.do_not_save_to_config = True
 
 
 def _supports(component, parameter: str) -> bool:
@@ -606,12 +643,41 @@ def on_ui_settings():
     for name, info, default in TipoSettings.options():
         if name in (*infotext.PASTED_ONLY, "tag_prompt", "nl_prompt"):
             continue
-        args = {"choices": list(info.choices)} if info.choices else None
-        component = gr.Dropdown if info.choices else None
+        component, args = setting_component(name, info)
         add(
             f"tipo_default_{name}",
             OptionInfo(default, f"Default: {info.label}", component, args, section=section),
         )
+
+
+def setting_component(name: str, info) -> tuple[Any, Any]:
+    """The settings-page component for one control's default. The WebUI infers one only for str, int and
+    bool defaults (and fails to build the whole settings page on any other type), so every default gets an
+    explicit component: the same kind of control the accordion uses."""
+    import gradio as gr
+
+    if name == "model":
+        return gr.Dropdown, lambda: {"choices": model_choices_with(option_value("tipo_default_model"))}
+    if info.choices:
+        return gr.Dropdown, {"choices": list(info.choices)}
+    if name == "format":
+        return gr.Dropdown, {"choices": [*format_presets(), settings_module.CUSTOM_FORMAT]}
+    if info.kind is bool:
+        return gr.Checkbox, None
+    if info.kind in (int, float) and info.minimum is not None and info.maximum is not None and name != "seed":
+        return gr.Slider, {"minimum": info.minimum, "maximum": info.maximum, "step": info.step}
+    if info.kind in (int, float):
+        return gr.Number, {"precision": 0} if info.kind is int else None
+    if name == "template":
+        return gr.Textbox, {"lines": 3}
+    return gr.Textbox, None
+
+
+def model_choices_with(current: Any) -> list[str]:
+    choices = model_choices()
+    if isinstance(current, str) and current and current not in choices:
+        choices = [current, *choices]
+    return choices
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

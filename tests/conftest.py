@@ -25,3 +25,11 @@ def model(tokenizer):
     from tiny_models import build_tiny_llama
 
     return build_tiny_llama(vocab_size=len(tokenizer), seed=0)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--real-webui",
+        default="",
+        help="comma-separated real WebUIs (forge, reforge) for tests/webui_real; none: those tests skip",
+    )

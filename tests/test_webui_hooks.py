@@ -185,8 +185,22 @@ def test_bad_api_value_warns_and_keeps_prompt(engine):
     p = job({"enabled": True, "ban_tags": "(unclosed"})
     processed = process_images(p)
     assert processed.all_prompts == ["1girl, <lora:x:0.8>, (smile:1.2)"]
-    assert "(unclosed" in p.extra_generation_params[tipo.INFOTEXT_ERROR]
+    # before_process and process both see the bad value: the warning is written once.
+    assert p.extra_generation_params[tipo.INFOTEXT_ERROR].count("(unclosed") == 1
     assert "TIPO error" in processed.infotexts[0]
+
+
+def test_named_api_args_take_the_settings_page_defaults(engine, monkeypatch):
+    from modules import shared
+
+    monkeypatch.setitem(shared.opts.data, "tipo_default_tag_length", "very short")
+    monkeypatch.setitem(shared.opts.data, "tipo_default_temperature", 0.9)
+    monkeypatch.setitem(shared.opts.data, "tipo_default_top_k", "not a number")  # left out, with a warning
+    p = job({"enabled": True, "seed": 3})
+    process_images(p)
+    written = json.loads(p.extra_generation_params[tipo.INFOTEXT_KEY])
+    assert written["tag_length"] == "very short" and written["temperature"] == 0.9
+    assert "top_k" not in written  # the default, 80
 
 
 def test_failing_backend_keeps_prompt_warns_and_still_makes_the_image(monkeypatch):

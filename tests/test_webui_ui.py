@@ -208,6 +208,21 @@ def test_settings_section_has_a_default_for_each_control_and_the_global_options(
     assert registered["tipo_default_temperature"].default == 0.5
 
 
+def test_every_settings_page_option_builds_its_component_as_the_webui_does():
+    from modules import shared
+    from modules.ui_settings import create_setting_component
+
+    tipo.on_ui_settings()
+    keys = [key for key in shared.opts.data_labels if key.startswith("tipo_")]
+    with gr.Blocks():
+        built = {key: create_setting_component(key) for key in keys}
+    assert built["tipo_default_temperature"].value == 0.5
+    assert isinstance(built["tipo_default_temperature"], gr.Slider)
+    assert isinstance(built["tipo_default_seed"], gr.Number)
+    assert isinstance(built["tipo_default_tag_length"], gr.Dropdown)
+    assert isinstance(built["tipo_default_per_image"], gr.Checkbox)
+
+
 def test_settings_defaults_and_hidden_boxes_reach_the_ui(monkeypatch):
     from modules import shared
     from webui_page import build_page
