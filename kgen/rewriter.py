@@ -45,6 +45,7 @@ class Rewrite:
     seconds: float = 0.0
     cached: bool = False
     variant: Variant | None = None
+    note: str = ""  # why the prompt was kept as typed with the new content in front (malformed syntax)
 
 
 # ------------------------------------------------------------------------------------------------ seeds
@@ -226,8 +227,8 @@ class Rewriter:
             if produced is not None:
                 return produced
             started = time.perf_counter()
-            final, tokens = self._generate(prompt, settings, seed, aspect_ratio)
-            rewrite = Rewrite(final, tokens, time.perf_counter() - started)
+            final, tokens, note = self._generate(prompt, settings, seed, aspect_ratio)
+            rewrite = Rewrite(final, tokens, time.perf_counter() - started, note=note)
             self.generations += 1
             self._remember(key, rewrite)
             return rewrite
@@ -249,8 +250,9 @@ class Rewriter:
             if len(made) != n:
                 raise RuntimeError(f"the variants pass returned {len(made)} prompts for {n} images")
             share = (time.perf_counter() - started) / n
+            note = RequestPlan.of(prompt, settings, seed, aspect_ratio).note
             rewrites = tuple(
-                Rewrite(final, tokens, share, variant=Variant(i, n, int(seed)))
+                Rewrite(final, tokens, share, variant=Variant(i, n, int(seed)), note=note)
                 for i, (final, tokens) in enumerate(made)
             )
             self.generations += n
@@ -260,11 +262,11 @@ class Rewriter:
 
     def _generate(
         self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, str]:
         job = RequestPlan.of(prompt, settings, seed, aspect_ratio)
         with self.backends.session(settings) as (backend, spec):
             result = pipeline.upsample(job.request, backend, model=spec, sampling=job.sampling)
-        return job.compose(result), int(getattr(result, "completion_tokens", 0))
+        return job.compose(result), int(getattr(result, "completion_tokens", 0)), job.note
 
     def _generate_variants(
         self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float, n: int
@@ -315,16 +317,28 @@ class RequestPlan:
     def compose(self, result: pipeline.UpsampleResult) -> str:
         return compose(self.parsed, result, self.settings, self.request.template, self.nl_plain)
 
+    @property
+    def note(self) -> str:
+        hazard = self.parsed.rearrange_hazard()
+        return f"prompt kept as typed, new content put in front of it: {hazard}" if hazard else ""
+
 
 def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:
-    """The final prompt: the user's prompt with its non-tag elements in place and the new content added."""
+    """The final prompt: the user's prompt with its non-tag elements in place and the new content added.
+
+    Nothing the user typed is dropped: a tag chunk goes into the formatted block only where the format lists
+    its first tag (each chunk once), every other chunk stays where it was; an answer with nothing new leaves
+    the prompt as typed; a prompt the WebUI may read otherwise than its segments say is kept byte-for-byte
+    with the new content in front (``RequestPlan.note`` says why)."""
+    if parsed.rearrange_hazard():
+        return _in_front(parsed, result, settings, template)
     if settings.no_formatting:
         return syntax.append_content(parsed, result.new_tags, result.new_nl)
-    units = parsed.main_units()
-    surface = {tag_key(unit.tags[0].text): unit.text for unit in units}
-    in_block = {tag_key(tag.text) for unit in units for tag in unit.tags}
-    user = {tag_key(tag.text) for tag in parsed.tags}
+    if not (result.new_tags or result.new_nl.strip() or result.generated.strip()):
+        return parsed.text
+    placer = _ChunkPlacer.of(parsed)
     fields = result.fields()
+    shown = set(formats.placeholders(template))
     for name, value in list(fields.items()):
         if isinstance(value, str):
             fields[name] = (
@@ -332,26 +346,64 @@ def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str
                 if name == "extended"
                 else syntax.escape(value)
             )
-            continue
-        placed = []
-        for tag in value:
-            key = tag_key(tag)
-            if key in surface:
-                placed.append(surface[key])
-            elif key in user or key in in_block:
-                continue  # a user tag written elsewhere (another BREAK/AND section, or inside a group)
-            else:
-                placed.append(syntax.escape(tag))
-        fields[name] = placed
+        elif name in shown:  # a chunk goes into the block only where the format shows its first tag
+            fields[name] = [text for text in map(placer.place, value) if text is not None]
+        else:
+            fields[name] = []
     block = formats.apply_format(formats.PromptFields(**fields), template)
-    return syntax.replace_tag_block(parsed, block)
+    return syntax.replace_tag_block(parsed, block, placer.placed)
+
+
+def _in_front(parsed, result, settings: TipoSettings, template: str) -> str:
+    """The prompt as typed with what the format shows of the new content in front of it."""
+    used = set(formats.placeholders(template))
+    shows_tags = settings.no_formatting or bool(used & set(formats.TAG_PLACEHOLDERS))
+    shows_text = settings.no_formatting or bool(used & set(formats.TEXT_PLACEHOLDERS))
+    return syntax.prepend_content(
+        parsed, result.new_tags if shows_tags else [], result.new_nl if shows_text else ""
+    )
+
+
+@dataclass
+class _ChunkPlacer:
+    """The main section's tag chunks, each put into the formatted block (as typed) where the format lists
+    its first tag; chunks never listed stay where they are in the prompt."""
+
+    segments: tuple[syntax.Segment, ...]
+    waiting: dict[str, list[int]]  # first-tag key -> segment indexes not placed yet, in prompt order
+    user: set[str]  # keys of every user tag (written in some chunk of the prompt)
+    placed: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, parsed: syntax.ParsedPrompt) -> _ChunkPlacer:
+        waiting: dict[str, list[int]] = {}
+        for index in parsed.main_unit_indexes():
+            waiting.setdefault(tag_key(parsed.segments[index].tags[0].text), []).append(index)
+        return cls(parsed.segments, waiting, {tag_key(tag.text) for tag in parsed.tags})
+
+    def place(self, tag: str) -> str | None:
+        """The text a tag of the result stands for in the block: a user chunk, a new tag (escaped), or None
+        for a user tag whose chunk is placed by another tag or stays where it is."""
+        key = tag_key(tag)
+        queue = self.waiting.get(key)
+        if queue:
+            self.placed.append(queue.pop(0))
+            return self.segments[self.placed[-1]].text
+        return None if key in self.user else syntax.escape(tag)
 
 
 def _with_user_caption(extended: str, nl_plain: str, nl_typed: str) -> str:
-    """Keep the caption as the user typed it (weights included) when the model's text starts with it."""
-    if nl_plain and extended.startswith(nl_plain):
+    """Keep the caption as the user typed it (weights included) when the model's text starts with it and
+    the typed caption is plain text, weights and escapes only (nothing the WebUI would read as more)."""
+    if nl_plain and extended.startswith(nl_plain) and _plain_caption(nl_typed):
         return nl_typed.strip() + syntax.escape(extended[len(nl_plain) :])
     return syntax.escape(extended)
+
+
+def _plain_caption(text: str) -> bool:
+    parsed = syntax.parse(text)
+    plain_kinds = (syntax.SegmentKind.TAGS, syntax.SegmentKind.SEPARATOR)
+    return parsed.rearrange_hazard() is None and all(s.kind in plain_kinds for s in parsed.segments)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -367,10 +419,11 @@ class JobRewrite:
 
     @property
     def warning(self) -> str | None:
-        if not self.errors:
-            return None
-        first = next(iter(dict.fromkeys(self.errors)))
-        return f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s): {first}"
+        notes = list(dict.fromkeys(rewrite.note for rewrite in self.rewrites if rewrite.note))
+        if self.errors:
+            first = next(iter(dict.fromkeys(self.errors)))
+            notes.insert(0, f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s): {first}")
+        return "; ".join(notes) or None
 
     def variant_notes(self, tipo_seed: int) -> dict[str, str]:
         """Final prompt -> the infotext record of its variant (images made by a variants pass only)."""

@@ -48,7 +48,7 @@ CORPUS: list[tuple[str, list[tuple[str, float]], list[str]]] = [
     ("[ in foreground::0.6], tree", [("tree", 1)], ["[ in foreground::0.6]"]),
     ("(x [a:b:3]:1.2), y", [("y", 1)], ["(x [a:b:3]:1.2)"]),
     ("(re:zero), rem", [("re:zero", W), ("rem", 1)], []),
-    ("(tag:1.2", [("tag:1.2", W)], []),  # unclosed: ':1.2' is text, the '(' applies 1.1
+    ("(tag:1.2", [("tag", W)], [":1.2"]),  # unclosed: ':1.2' ends the (only) sub-prompt: its weight
     ("smile)", [("smile)", 1)], []),  # a stray closer is literal text
     ("1girl\n\nA girl walking in a park.", [("1girl", 1), ("A girl walking in a park.", 1)], []),
     (
