@@ -132,9 +132,7 @@ class ParsedPrompt:
                 continue
             text = "".join(part.text for part in subprompt)
             content = [part for part in subprompt if part.kind is not SegmentKind.SEPARATOR]
-            if hazards.subprompt_weighted(text) and not (
-                content and content[-1].kind is SegmentKind.TEXT and _AND_WEIGHT.fullmatch(content[-1].text)
-            ):
+            if hazards.subprompt_weighted(text) and not (content and _is_subprompt_weight(content[-1])):
                 return "a ':weight' of a sub-prompt that is not at its end once extra networks are cut out"
             subprompt = []
         return None
@@ -362,8 +360,8 @@ def _split_and_weights(segments: list[Segment]) -> list[Segment]:
     without AND), not part of a tag."""
     out: list[Segment] = []
     for index, segment in enumerate(segments):
-        following = next((s for s in segments[index + 1 :] if s.kind is not SegmentKind.SEPARATOR), None)
-        ends_subprompt = following is None or following.kind is SegmentKind.AND
+        following = next((s for s in segments[index + 1 :] if s.text.strip()), None)
+        ends_subprompt = following is None or following.kind is SegmentKind.AND  # only whitespace between
         match = (
             _AND_WEIGHT.search(segment.text) if segment.kind is SegmentKind.TAGS and ends_subprompt else None
         )
@@ -419,9 +417,17 @@ def _insertion_point(parsed: ParsedPrompt) -> tuple[int, bool]:
     if units:
         return parsed.segments[units[-1]].end, True
     kept = [i for i in section if parsed.segments[i].kind is not SegmentKind.SEPARATOR]
+    if kept and _is_subprompt_weight(parsed.segments[kept[-1]]):
+        kept.pop()  # new content goes before the sub-prompt's ":weight"
+        if not kept:
+            return parsed.segments[section.start].start, False
     if kept:
         return parsed.segments[kept[-1]].end, True
     return _section_start(parsed, section), False
+
+
+def _is_subprompt_weight(segment: Segment) -> bool:
+    return segment.kind is SegmentKind.TEXT and bool(_AND_WEIGHT.fullmatch(segment.text))
 
 
 def insert_addition(parsed: ParsedPrompt, addition: str) -> str:
@@ -430,10 +436,13 @@ def insert_addition(parsed: ParsedPrompt, addition: str) -> str:
         return parsed.text
     at, after_element = _insertion_point(parsed)
     before, after = parsed.text[:at], parsed.text[at:]
-    middle = f", {addition}" if after_element else addition
-    if _needs_space(before, middle):
-        middle = " " + middle
-    return f"{before}{middle}{' ' if _needs_space(middle, after) else ''}{after}"
+    if after_element:
+        middle = f", {addition}"
+        glue = " " if _needs_space(middle, after) else ""
+    else:
+        middle = " " + addition if _needs_space(before, addition) else addition
+        glue = " " if after and not (after[0].isspace() or after[0] == ",") else ""
+    return f"{before}{middle}{glue}{after}"
 
 
 def append_content(parsed: ParsedPrompt, new_tags: Sequence[str], nl: str = "") -> str:

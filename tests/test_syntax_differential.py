@@ -15,6 +15,7 @@ own ``modules/prompt_parser.py``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import pytest
@@ -148,8 +149,9 @@ def assert_kept(prompt: str, output: str, caption: str = "", reader=read_prompt)
 
 # --------------------------------------------------------------------------------------------- property
 
+EXAMPLES = int(os.environ.get("TIPO_DIFFERENTIAL_EXAMPLES", "5000"))  # CI: the default
 DIFFERENTIAL = settings(
-    max_examples=5000,
+    max_examples=EXAMPLES,
     derandomize=True,
     database=None,
     deadline=None,
