@@ -12,6 +12,7 @@ Pure Python, no WebUI import.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # modules/extra_networks.py re_extra_net
 _OPEN_NETWORK = re.compile(r"<\w+:")
@@ -32,8 +33,8 @@ def escape_generated(text: str) -> str:
     """Model text as literal WebUI text: brackets, ``|``, ``:`` and lone backslashes get a backslash (an
     escape pair already there is kept), ``AND`` / ``BREAK`` are lower-cased (the text encoders lower-case
     anyway), a number right after ``:`` gets a backslash too (else ``…:3`` at the end of a sub-prompt
-    would be read as its weight), ``<`` before a word gets a backslash after it so no ``<name:args>`` network can form, and ``>`` is
-    dropped so no open ``<name:`` typed by the user can be closed by it."""
+    would be read as its weight), ``<`` before a word gets a backslash after it so no ``<name:args>``
+    network can form, and ``>`` is dropped so no open ``<name:`` typed by the user can be closed by it."""
     out, pos = [], 0
     while pos < len(text):
         pair = _ESCAPED_PAIR.match(text, pos)
@@ -101,3 +102,26 @@ def _bracket_hazard(text: str) -> str | None:
 def subprompt_weighted(text: str) -> bool:
     """Whether the WebUI reads a ``:number`` sub-prompt weight at the end of ``text`` (one sub-prompt)."""
     return bool(_SUBPROMPT_WEIGHT.search(strip_networks(text)))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The coarse WebUI reading of a prompt that a rewrite must keep: the extra networks, and per AND
+    sub-prompt its ``:weight`` and its number of BREAK keywords."""
+
+    networks: tuple[str, ...]
+    subprompt_weights: tuple[str | None, ...]
+    breaks: tuple[int, ...]
+
+
+_TRAILING_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*$")
+
+
+def reading(text: str) -> Reading:
+    subprompts = _KEYWORDS["AND"].split(strip_networks(text))
+    weights = []
+    for subprompt in subprompts:
+        match = _TRAILING_WEIGHT.search(subprompt)
+        weights.append(str(float(match.group(1))) if match else None)
+    breaks = tuple(len(_KEYWORDS["BREAK"].findall(subprompt)) for subprompt in subprompts)
+    return Reading(tuple(sorted(EXTRA_NETWORK.findall(text))), tuple(weights), breaks)

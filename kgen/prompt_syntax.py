@@ -33,7 +33,7 @@ SQUARE_MULTIPLIER = 1 / 1.1
 
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # as modules/extra_networks.py
 _ESCAPES = {"\\(", "\\)", "\\[", "\\]", "\\\\"}  # as modules/prompt_parser.py re_attention
-_ATTENTION_WEIGHT = re.compile(r":([+-]?[.\d]+)$")  # "(tag:1.2)" -> 1.2, as re_attention
+_ATTENTION_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*$")  # "(tag:1.2)" -> 1.2, as re_attention
 _SCHEDULE_TAIL = re.compile(r":\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*$")
 _BOUNDARY = re.compile(r"(?P<keyword>\bBREAK\b|\bAND\b)|(?P<sep>[ \t\r\f\v,]*[,\n][\s,]*)")
 _AND_WEIGHT = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")  # "a cat :1.2 AND ..." (re_weight)
@@ -502,6 +502,14 @@ def replace_tag_block(parsed: ParsedPrompt, block: str, placed: Collection[int] 
             out.append(" ")
         out.append(pieces[index])
     return "".join(out)
+
+
+def reads_the_same(parsed: ParsedPrompt, rewritten: str, rearranged: bool = True) -> bool:
+    """Whether the WebUI reads ``rewritten`` with the extra networks, sub-prompt weights and BREAKs of
+    ``parsed`` (and, for a rearranged prompt, nothing the segmentation cannot follow)."""
+    if hazards.reading(rewritten) != hazards.reading(parsed.text):
+        return False
+    return not rearranged or parse(rewritten).rearrange_hazard() is None
 
 
 def surfaces_by_first_tag(units: Sequence[Segment]) -> list[tuple[str, str]]:

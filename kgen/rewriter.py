@@ -331,11 +331,25 @@ def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str
     the prompt as typed; a prompt the WebUI may read otherwise than its segments say is kept byte-for-byte
     with the new content in front (``RequestPlan.note`` says why)."""
     if parsed.rearrange_hazard():
-        return _in_front(parsed, result, settings, template)
+        return _checked(parsed, _in_front(parsed, result, settings, template))
     if settings.no_formatting:
-        return syntax.append_content(parsed, result.new_tags, result.new_nl)
-    if not (result.new_tags or result.new_nl.strip() or result.generated.strip()):
+        composed = syntax.append_content(parsed, result.new_tags, result.new_nl)
+    elif not (result.new_tags or result.new_nl.strip() or result.generated.strip()):
         return parsed.text
+    else:
+        composed = _formatted(parsed, result, settings, template, nl_plain)
+    if syntax.reads_the_same(parsed, composed):
+        return composed
+    return _checked(parsed, _in_front(parsed, result, settings, template))
+
+
+def _checked(parsed, composed: str) -> str:
+    """The last guard: a rewrite the WebUI would read differently (networks, sub-prompt weights, BREAKs)
+    is not used; the prompt stays as typed."""
+    return composed if syntax.reads_the_same(parsed, composed, rearranged=False) else parsed.text
+
+
+def _formatted(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:
     placer = _ChunkPlacer.of(parsed)
     fields = result.fields()
     shown = set(formats.placeholders(template))
@@ -422,7 +436,8 @@ class JobRewrite:
         notes = list(dict.fromkeys(rewrite.note for rewrite in self.rewrites if rewrite.note))
         if self.errors:
             first = next(iter(dict.fromkeys(self.errors)))
-            notes.insert(0, f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s): {first}")
+            unchanged = f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s)"
+            notes.insert(0, f"{unchanged}: {first}")
         return "; ".join(notes) or None
 
     def variant_notes(self, tipo_seed: int) -> dict[str, str]:

@@ -35,27 +35,99 @@ STEP_SETTINGS = ((20, None), (20, 10))  # (steps, hires steps): the first pass a
 DTG = find_model("DanTagGen-delta")
 
 TAGS = [
-    "1girl", "solo", "long hair", "masterpiece", "best quality", "smile", "monochrome", "serafuku",
-    "blue eyes", "ganyu \\(genshin impact\\)", "日本語", "猫耳", "café", "looking at viewer",
-    "A girl walking in a park.", "artist \\[style\\]", "BREAKFAST", "SANDWICH",
+    "1girl",
+    "solo",
+    "long hair",
+    "masterpiece",
+    "best quality",
+    "smile",
+    "monochrome",
+    "serafuku",
+    "blue eyes",
+    "ganyu \\(genshin impact\\)",
+    "日本語",
+    "猫耳",
+    "café",
+    "looking at viewer",
+    "A girl walking in a park.",
+    "artist \\[style\\]",
+    "BREAKFAST",
+    "SANDWICH",
 ]
 NETWORKS = ["<lora:add_detail:0.8>", "<lora:x:1>", "<hypernet:h:0.5>", "<lyco:b:0.5:0.3>"]
 EDITING = [
-    "[dog:cat:0.5]", "[a:5]", "[a:b:10 ]", "[ in foreground::0.6]", "[red|blue] hair", "[fe|]male",
-    "a[b:[c:d:2]:1]e", "[(a:2):3]", "[x: 3]", "[a|b|c]", "[cat:dog:1.5]", "[sunny|(rainy:1.2)] sky",
+    "[dog:cat:0.5]",
+    "[a:5]",
+    "[a:b:10 ]",
+    "[ in foreground::0.6]",
+    "[red|blue] hair",
+    "[fe|]male",
+    "a[b:[c:d:2]:1]e",
+    "[(a:2):3]",
+    "[x: 3]",
+    "[a|b|c]",
+    "[cat:dog:1.5]",
+    "[sunny|(rainy:1.2)] sky",
 ]
 MALFORMED = [
-    "(", "[", ")", "]", "(unclosed tag", "[unclosed", "<lora:broken", "<lora:broken:1", ":", "|", "a|b",
-    "\\", "C:\\path", "x:1.2", ">", "a > b", ":1.2", "(a]", "[a:b:5", "(x [y:z:3]",
+    "(",
+    "[",
+    ")",
+    "]",
+    "(unclosed tag",
+    "[unclosed",
+    "<lora:broken",
+    "<lora:broken:1",
+    ":",
+    "|",
+    "a|b",
+    "\\",
+    "C:\\path",
+    "x:1.2",
+    ">",
+    "a > b",
+    ":1.2",
+    "(a]",
+    "[a:b:5",
+    "(x [y:z:3]",
 ]
 SEPARATORS = [", ", ",", "\n", " ", "", ",\n", " , ", "\n\n"]
 HOSTILE = [
-    "AND", "BREAK", "<lora:x:1>", "|", ":", "\\", "(", ")", "[", "]", ":3", "score:9", ">_<", "a [b:c:5]",
-    "1girl", "monochrome", "<", ">", "日本", "(tag:1.5)", "x AND y", "\\(", "[a|b]", "</s>", "tag:",
-    "long:", ", ", ".", "\n",
+    "AND",
+    "BREAK",
+    "<lora:x:1>",
+    "|",
+    ":",
+    "\\",
+    "(",
+    ")",
+    "[",
+    "]",
+    ":3",
+    "score:9",
+    ">_<",
+    "a [b:c:5]",
+    "1girl",
+    "monochrome",
+    "<",
+    ">",
+    "日本",
+    "(tag:1.5)",
+    "x AND y",
+    "\\(",
+    "[a|b]",
+    "</s>",
+    "tag:",
+    "long:",
+    ", ",
+    ".",
+    "\n",
 ]
 CUSTOM_TEMPLATES = [
-    "<|extended|>", "<|quality|>, <|artist|>", "<|characters|>,\n<|extended|>", "<|generated|>",
+    "<|extended|>",
+    "<|quality|>, <|artist|>",
+    "<|characters|>,\n<|extended|>",
+    "<|generated|>",
     "<|special|>, <|general|>,\n<|generated|>",
 ]
 CAPTIONS = ["", "A girl in a park.", "a girl (smiling:1.2) in a park", "girl (unclosed", "sunset \\[glow\\]"]
@@ -65,8 +137,13 @@ words = st.sampled_from(TAGS) | st.text(st.characters(blacklist_categories=("Cs"
 
 def _weighted(draw_tag: str, form: int) -> str:
     return [
-        f"({draw_tag})", f"(({draw_tag}))", f"[{draw_tag}]", f"({draw_tag}:1.2)", f"({draw_tag}:0.8)",
-        f"({draw_tag}, smile:1.3)", f"(((({draw_tag}))))",
+        f"({draw_tag})",
+        f"(({draw_tag}))",
+        f"[{draw_tag}]",
+        f"({draw_tag}:1.2)",
+        f"({draw_tag}:0.8)",
+        f"({draw_tag}, smile:1.3)",
+        f"(((({draw_tag}))))",
     ][form]
 
 
@@ -74,7 +151,9 @@ weighted = st.builds(_weighted, st.sampled_from(TAGS), st.integers(0, 6))
 networks = st.sampled_from(NETWORKS)
 glued_networks = st.builds(
     lambda tag, net, form: [f"{tag} {net}", f"{tag}{net}", f"({net} {tag}:1.2)", f"{net}{tag}"][form],
-    st.sampled_from(TAGS), networks, st.integers(0, 3),
+    st.sampled_from(TAGS),
+    networks,
+    st.integers(0, 3),
 )
 keywords = st.sampled_from(["BREAK", "AND", ":1.2 AND", "AND", "(realistic:1.3)BREAK", "BREAK(x)"])
 chunks = st.one_of(
@@ -123,7 +202,10 @@ class Case:
 
 
 cases = st.builds(
-    Case, prompts | typical_prompts, tipo_settings(), st.lists(answers, max_size=5).map(tuple),
+    Case,
+    prompts | typical_prompts,
+    tipo_settings(),
+    st.lists(answers, max_size=5).map(tuple),
     st.sampled_from([None, DTG]),
 )
 
@@ -181,8 +263,14 @@ class Regression:
 
     def case(self) -> Case:
         settings = TipoSettings(
-            enabled=True, seed=3, tag_length="short", nl_length="very short", format=self.format,
-            template=self.template, no_formatting=self.no_formatting, nl_prompt=self.nl_prompt,
+            enabled=True,
+            seed=3,
+            tag_length="short",
+            nl_length="very short",
+            format=self.format,
+            template=self.template,
+            no_formatting=self.no_formatting,
+            nl_prompt=self.nl_prompt,
         )
         return Case(self.prompt, settings, self.answers, self.model)
 
@@ -214,13 +302,19 @@ REGRESSIONS = [
     Regression("open extra network swallowing a LoRA", "<lora:broken, 1girl, <lora:y:1>, smile"),
     Regression("open extra network never closed", "1girl, <lora:broken, smile"),
     # 7. model text that is syntax
-    Regression("garbage answer", "1girl, [a:b:5], [c|d]", answers=(", x AND y, BREAK, <lora:z:1>, a|b, k:3",)),
+    Regression(
+        "garbage answer", "1girl, [a:b:5], [c|d]", answers=(", x AND y, BREAK, <lora:z:1>, a|b, k:3",)
+    ),
     Regression("lone | in an answer", "1girl, [red|blue] hair", answers=(", |, [, :",), no_formatting=True),
     Regression("answer closing a user's open network", "1girl, <lora:open", answers=(", x>, y:1>",)),
     Regression("answer ending in :number", "1girl AND sky", answers=(", :3", " It is 16:9"), format=NL_ONLY),
     # found by Hypothesis
-    Regression("caption box with an unclosed bracket", "1girl", "Both, NL first (recommend)",
-               nl_prompt="girl (unclosed"),
+    Regression(
+        "caption box with an unclosed bracket",
+        "1girl",
+        "Both, NL first (recommend)",
+        nl_prompt="girl (unclosed",
+    ),
 ]
 
 
@@ -274,21 +368,26 @@ def test_both_timings_and_hires_prompts_keep_the_syntax(timing):
         job = rewrite_images(rewriter, settings, prompts, [5, 6, 7], 1, 1.0)
     hires = follow_hires([prompts[0], "other", prompts[2]], prompts, job.prompts, hr_follows_main=False)
     assert hires[1] == "other" and job.warning is None
-    for original, final, hires_prompt in zip(prompts, job.prompts, hires):
+    for original, final, hires_prompt in zip(prompts, job.prompts, hires, strict=True):
         assert final != original
         assert_kept(original, final)
         if hires_prompt != "other":
             assert_kept(original, hires_prompt)
 
 
-# --------------------------------------------------------------------------------------------- the WebUI's own parser
+# ------------------------------------------------------------------------------------- the WebUI's own parser
 
 _TREE, _WHY_NOT = webui_tree()
 
 
 @pytest.mark.skipif(_TREE is None, reason=_WHY_NOT or "no WebUI sources")
-@settings(max_examples=400, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=400,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(cases)
 def test_rewrite_keeps_what_the_webui_itself_reads(case):
     real = _real_parser()

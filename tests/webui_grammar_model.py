@@ -31,15 +31,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Union
 
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 AND_KEYWORD = re.compile(r"\bAND\b")
 SUBPROMPT_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
 SCHEDULE_NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))\s*\]")
-ATTENTION_TOKEN = re.compile(
-    r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:"
-)
+ATTENTION_TOKEN = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 BREAK_KEYWORD = re.compile(r"\s*\bBREAK\b\s*", re.S)
 BREAK_WEIGHT = -1.0
 ROUND, SQUARE = 1.1, 1 / 1.1
@@ -94,7 +91,7 @@ class Alternate:
     options: tuple  # of item tuples; an option left out ("[a|]") is an empty tuple
 
 
-Item = Union[str, Scheduled, Alternate]
+Item = str | Scheduled | Alternate
 
 
 class ScheduleParseError(ValueError):
@@ -124,7 +121,7 @@ class _ScheduleParser:
             else:
                 end = self._plain_end(pos)
                 if end == pos:  # "|" outside an alternation, or a backslash with nothing to escape
-                    raise ScheduleParseError(f"cannot read {text[pos:pos + 10]!r} at {pos}")
+                    raise ScheduleParseError(f"cannot read {text[pos : pos + 10]!r} at {pos}")
                 items.append(text[pos:end])
                 pos = end
         return tuple(items)
@@ -344,7 +341,7 @@ def differences(before: PromptView, after: PromptView, new_weights: frozenset[fl
         problems.append(f"extra networks {dict(before.networks)} -> {dict(after.networks)}")
     if len(before.subprompts) != len(after.subprompts):
         return [*problems, f"{len(before.subprompts)} AND sub-prompts -> {len(after.subprompts)}"]
-    for index, (old, new) in enumerate(zip(before.subprompts, after.subprompts)):
+    for index, (old, new) in enumerate(zip(before.subprompts, after.subprompts, strict=True)):
         where = f"sub-prompt {index}"
         if abs(old.weight - new.weight) > 1e-9:
             problems.append(f"{where}: weight {old.weight} -> {new.weight}")
@@ -355,8 +352,10 @@ def differences(before: PromptView, after: PromptView, new_weights: frozenset[fl
         if old_ends != new_ends:
             problems.append(f"{where}: schedule steps {old_ends} -> {new_ends}")
             continue
-        for old_step, new_step in zip(old.steps, new.steps):
-            problems.extend(_step_differences(f"{where} step {old_step.end_step}", old_step, new_step, new_weights))
+        for old_step, new_step in zip(old.steps, new.steps, strict=True):
+            problems.extend(
+                _step_differences(f"{where} step {old_step.end_step}", old_step, new_step, new_weights)
+            )
     return problems
 
 
@@ -364,7 +363,7 @@ def _step_differences(where: str, old: StepView, new: StepView, new_weights: fro
     if len(old.chunks) != len(new.chunks):
         return [f"{where}: {len(old.chunks) - 1} BREAK -> {len(new.chunks) - 1}"]
     problems = []
-    for chunk, (old_pieces, new_pieces) in enumerate(zip(old.chunks, new.chunks)):
+    for chunk, (old_pieces, new_pieces) in enumerate(zip(old.chunks, new.chunks, strict=True)):
         lost = old_pieces - new_pieces
         if lost:
             problems.append(f"{where} chunk {chunk}: lost {sorted(lost.elements(), key=repr)}")

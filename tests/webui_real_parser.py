@@ -60,7 +60,7 @@ class RealParser:
         texts = [flat[index] for index, _ in indexes[0]]
         all_schedules = self.module.get_learned_conditioning_prompt_schedules(texts, steps, hires_steps)
         views = []
-        for (_, weight), text, schedule in zip(indexes[0], texts, all_schedules):
+        for (_, weight), text, schedule in zip(indexes[0], texts, all_schedules, strict=True):
             failed = schedule == [[hires_steps or steps, text]] and self._fails(text)
             step_views = tuple(StepView(end, self._chunks(step_text)) for end, step_text in schedule)
             views.append(SubPromptView(text, weight, failed, step_views))
