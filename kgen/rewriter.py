@@ -293,10 +293,7 @@ class RequestPlan:
     def of(cls, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float) -> RequestPlan:
         parsed = syntax.parse(prompt)
         if not parsed.tags and settings.tag_prompt.strip():
-            prompt = (
-                f"{prompt.rstrip()}, {settings.tag_prompt.strip()}" if prompt.strip() else settings.tag_prompt
-            )
-            parsed = syntax.parse(prompt)
+            parsed = syntax.parse(_with_tag_prompt(parsed, settings.tag_prompt.strip()))
         nl_plain = syntax.plain_text(settings.nl_prompt)
         request = pipeline.UpsampleRequest(
             tags=[tag.text for tag in parsed.tags],
@@ -321,6 +318,16 @@ class RequestPlan:
     def note(self) -> str:
         hazard = self.parsed.rearrange_hazard()
         return f"prompt kept as typed, new content put in front of it: {hazard}" if hazard else ""
+
+
+def _with_tag_prompt(parsed: syntax.ParsedPrompt, tag_prompt: str) -> str:
+    """A prompt without tags and the "tag prompt" setting: where new content would go, or in front of a
+    prompt that is kept as typed."""
+    if not parsed.text.strip():
+        return tag_prompt
+    if parsed.rearrange_hazard():
+        return f"{tag_prompt}, {parsed.text}"
+    return syntax.insert_addition(parsed, tag_prompt)
 
 
 def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:

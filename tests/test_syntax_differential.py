@@ -260,6 +260,7 @@ class Regression:
     model: object = None
     template: str = ""
     nl_prompt: str = ""
+    tag_prompt: str = ""
 
     def case(self) -> Case:
         settings = TipoSettings(
@@ -271,6 +272,7 @@ class Regression:
             template=self.template,
             no_formatting=self.no_formatting,
             nl_prompt=self.nl_prompt,
+            tag_prompt=self.tag_prompt,
         )
         return Case(self.prompt, settings, self.answers, self.model)
 
@@ -308,6 +310,9 @@ REGRESSIONS = [
     Regression("lone | in an answer", "1girl, [red|blue] hair", answers=(", |, [, :",), no_formatting=True),
     Regression("answer closing a user's open network", "1girl, <lora:open", answers=(", x>, y:1>",)),
     Regression("answer ending in :number", "1girl AND sky", answers=(", :3", " It is 16:9"), format=NL_ONLY),
+    # the tag prompt setting (a prompt without tags)
+    Regression("tag prompt before a sub-prompt weight", "<lora:x:1> :1.2", tag_prompt="1girl, solo"),
+    Regression("tag prompt and an unclosed bracket", "(<lora:x:1>", tag_prompt="1girl"),
     # found by Hypothesis
     Regression(
         "caption box with an unclosed bracket",
