@@ -19,6 +19,7 @@ _OPEN_NETWORK = re.compile(r"<\w+:")
 _KEYWORDS = {"AND": re.compile(r"\bAND\b"), "BREAK": re.compile(r"\bBREAK\b")}
 _SUBPROMPT_WEIGHT = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")  # prompt_parser re_weight
 _PAIRS = {")": "(", "]": "["}
+_BREAK_AT_EDITING = re.compile(r"\]BREAK\b|\bBREAK\[")
 
 # ------------------------------------------------------------------------------------------ generated text
 
@@ -71,6 +72,8 @@ def rearrange_hazard(text: str, and_count: int, break_count: int) -> str | None:
         return "AND inside brackets (the WebUI splits there too)"
     if len(_KEYWORDS["BREAK"].findall(spaced)) != break_count:
         return "BREAK inside brackets"
+    if _BREAK_AT_EDITING.search(stripped):
+        return "BREAK glued to a '[' or ']' (prompt editing may glue a word to it)"
     return _bracket_hazard(stripped)
 
 

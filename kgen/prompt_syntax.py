@@ -441,7 +441,7 @@ def insert_addition(parsed: ParsedPrompt, addition: str) -> str:
         glue = " " if _needs_space(middle, after) else ""
     else:
         middle = " " + addition if _needs_space(before, addition) else addition
-        glue = " " if after and not (after[0].isspace() or after[0] == ",") else ""
+        glue = "" if not after.strip() or after.lstrip(" \t")[:1] in (",", "\n") else ", "
     return f"{before}{middle}{glue}{after}"
 
 

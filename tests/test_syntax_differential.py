@@ -223,7 +223,7 @@ def caption_weights(caption: str) -> frozenset[float]:
 
 def assert_kept(prompt: str, output: str, caption: str = "", reader=read_prompt) -> None:
     allowed = caption_weights(caption)
-    for steps, hires in STEP_SETTINGS:
+    for steps, hires in STEP_SETTINGS if "[" in prompt else STEP_SETTINGS[:1]:  # hires moves only schedules
         before: PromptView = reader(prompt, steps, hires)
         problems = differences(before, reader(output, steps, hires), allowed)
         assert not problems, f"{prompt!r} -> {output!r} ({steps}/{hires} steps): {problems}"
@@ -314,6 +314,17 @@ REGRESSIONS = [
     Regression("tag prompt before a sub-prompt weight", "<lora:x:1> :1.2", tag_prompt="1girl, solo"),
     Regression("tag prompt and an unclosed bracket", "(<lora:x:1>", tag_prompt="1girl"),
     # found by Hypothesis
+    Regression(
+        "BREAK glued to prompt editing (no BREAK once the step's text is made)",
+        "BREAK[dog:cat:0.5]",
+        "Both + generated NL",
+        answers=(", ",),
+        nl_prompt="A girl in a park.",
+    ),
+    Regression("a word then BREAK glued to prompt editing", "1girl, x BREAK[dog:cat:0.5]"),
+    Regression("new content before a chunk that is not a tag", "BREAK x", answers=(", hat", " A hat.")),
+    Regression("chunk ending in :number after AND", "0:0,", answers=(", AND",)),
+    Regression("only a sub-prompt weight before AND", ":1.2 AND,", "Both + generated NL", answers=(", AND",)),
     Regression(
         "caption box with an unclosed bracket",
         "1girl",
