@@ -24,18 +24,19 @@ _BREAK_AT_EDITING = re.compile(r"\]BREAK\b|\bBREAK\[")
 # ------------------------------------------------------------------------------------------ generated text
 
 _SPECIAL = "()[]|:\\"
-_ESCAPED_PAIR = re.compile(r"\\[()\[\]|:\\]")
+_ESCAPED_PAIR = re.compile(r"\\[^\n]")  # the schedule grammar reads "\\" + any character but a line end
 _GENERATED_KEYWORD = re.compile(r"\b(?:AND|BREAK)\b")
 _NETWORK_START = re.compile(r"<(?=\w)")
 _COLON_NUMBER = re.compile(r"(\\:\s*)(?=[-+.\d])")  # "\\:3" -> "\\:\\3": never a sub-prompt weight
 
 
 def escape_generated(text: str) -> str:
-    """Model text as literal WebUI text: brackets, ``|``, ``:`` and lone backslashes get a backslash (an
-    escape pair already there is kept), ``AND`` / ``BREAK`` are lower-cased (the text encoders lower-case
-    anyway), a number right after ``:`` gets a backslash too (else ``…:3`` at the end of a sub-prompt
-    would be read as its weight), ``<`` before a word gets a backslash after it so no ``<name:args>``
-    network can form, and ``>`` is dropped so no open ``<name:`` typed by the user can be closed by it."""
+    """Model text as literal WebUI text: brackets, ``|``, ``:`` and lone backslashes get a backslash (a
+    backslash pair already there is kept, so escaping twice changes nothing), ``AND`` / ``BREAK`` are
+    lower-cased (the text encoders lower-case anyway), a number right after ``:`` gets a backslash too (else
+    ``…:3`` at the end of a sub-prompt would be read as its weight), ``<`` before a word gets a backslash
+    after it so no ``<name:args>`` network can form, and ``>`` is dropped so no open ``<name:`` typed by the
+    user can be closed by it."""
     out, pos = [], 0
     while pos < len(text):
         pair = _ESCAPED_PAIR.match(text, pos)

@@ -68,6 +68,27 @@ EDITING = [
     "[a|b|c]",
     "[cat:dog:1.5]",
     "[sunny|(rainy:1.2)] sky",
+    "[(a:1.2):b:5]",
+    "[a:(b:0.8):0.25]",
+    "[[a|b]:c:3]",
+    "[a|[b:c:2]]",
+    "[:in background:0.25]",
+]
+ODD = [
+    "(tag : 1.2)",
+    "(tag:-1)",
+    "(tag:.5)",
+    "(\\(x\\):1.2)",
+    "a\\\\b",
+    "<lora:a b:1>",
+    "<lora:x>",
+    "<x>",
+    "BREAK BREAK",
+    "a AND b :0.5 AND c",
+    "x\r\ny",
+    "tab\tbed",
+    "(a (b) [c]:1.1)",
+    "A girl, smiling. She waves.",
 ]
 MALFORMED = [
     "(",
@@ -157,9 +178,18 @@ glued_networks = st.builds(
 )
 keywords = st.sampled_from(["BREAK", "AND", ":1.2 AND", "AND", "(realistic:1.3)BREAK", "BREAK(x)"])
 chunks = st.one_of(
-    words, weighted, networks, glued_networks, st.sampled_from(EDITING), keywords, st.sampled_from(MALFORMED)
+    words,
+    weighted,
+    networks,
+    glued_networks,
+    st.sampled_from(EDITING),
+    keywords,
+    st.sampled_from(MALFORMED),
+    st.sampled_from(ODD),
 )
-well_formed_chunks = st.one_of(st.sampled_from(TAGS), weighted, networks, st.sampled_from(EDITING))
+well_formed_chunks = st.one_of(
+    st.sampled_from(TAGS), weighted, networks, st.sampled_from(EDITING), st.sampled_from(["BREAK", "AND"])
+)
 prompts = st.builds(
     lambda parts, seps: "".join(part + seps[i % len(seps)] for i, part in enumerate(parts)).strip(" "),
     st.lists(chunks, max_size=10),
