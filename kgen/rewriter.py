@@ -227,7 +227,8 @@ class Rewriter:
             if produced is not None:
                 return produced
             started = time.perf_counter()
-            final, tokens, note = self._generate(prompt, settings, seed, aspect_ratio)
+            final, tokens = self._generate(prompt, settings, seed, aspect_ratio)
+            note = RequestPlan.of(prompt, settings, seed, aspect_ratio).note
             rewrite = Rewrite(final, tokens, time.perf_counter() - started, note=note)
             self.generations += 1
             self._remember(key, rewrite)
@@ -262,11 +263,11 @@ class Rewriter:
 
     def _generate(
         self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float
-    ) -> tuple[str, int, str]:
+    ) -> tuple[str, int]:
         job = RequestPlan.of(prompt, settings, seed, aspect_ratio)
         with self.backends.session(settings) as (backend, spec):
             result = pipeline.upsample(job.request, backend, model=spec, sampling=job.sampling)
-        return job.compose(result), int(getattr(result, "completion_tokens", 0)), job.note
+        return job.compose(result), int(getattr(result, "completion_tokens", 0))
 
     def _generate_variants(
         self, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float, n: int

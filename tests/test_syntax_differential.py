@@ -384,6 +384,16 @@ def test_malformed_prompt_is_kept_byte_for_byte_with_a_note():
     assert output.endswith(prompt) and output != prompt and "unclosed '('" in plan.note
 
 
+def test_the_job_warning_says_why_a_prompt_was_kept_as_typed():
+    rewriter = Rewriter(OneBackend(ReplayBackend(_answering)))
+    settings = Regression("", "").case().settings
+    job = rewrite_each(rewriter, settings, ["1girl, (smile", "1girl, smile"], [1, 2], 1.0)
+    assert job.prompts[0].endswith("1girl, (smile") and job.prompts[0] != "1girl, (smile"
+    assert job.warning == "prompt kept as typed, new content put in front of it: an unclosed '('"
+    again = rewrite_each(rewriter, settings, ["1girl, (smile"], [1], 1.0)  # from the cache
+    assert again.rewrites[0].cached and again.warning == job.warning
+
+
 # --------------------------------------------------------------------------------------------- timing, hires
 
 
