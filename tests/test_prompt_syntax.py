@@ -46,6 +46,7 @@ CORPUS: list[tuple[str, list[tuple[str, float]], list[str]]] = [
     ("[red|blue] hair, smile", [("smile", 1)], ["[red|blue] hair"]),
     ("[fe|]male", [], ["[fe|]male"]),
     ("[ in foreground::0.6], tree", [("tree", 1)], ["[ in foreground::0.6]"]),
+    ("1girl, [a:b:10 ]", [("1girl", 1)], ["[a:b:10 ]"]),  # a space before ']' is still prompt editing
     ("(x [a:b:3]:1.2), y", [("y", 1)], ["(x [a:b:3]:1.2)"]),
     ("(re:zero), rem", [("re:zero", W), ("rem", 1)], []),
     ("(tag:1.2", [("tag", W)], [":1.2"]),  # unclosed: ':1.2' ends the (only) sub-prompt: its weight
