@@ -342,13 +342,25 @@ def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str
         return _checked(parsed, _in_front(parsed, result, settings, template))
     if settings.no_formatting:
         composed = syntax.append_content(parsed, result.new_tags, result.new_nl)
-    elif not (result.new_tags or result.new_nl.strip() or result.generated.strip()):
+    elif not _shows_new_content(result, template):
         return parsed.text
     else:
         composed = _formatted(parsed, result, settings, template, nl_plain)
     if syntax.reads_the_same(parsed, composed):
         return composed
     return _checked(parsed, _in_front(parsed, result, settings, template))
+
+
+def _shows_new_content(result, template: str) -> bool:
+    """Whether the format shows anything the model added (else the prompt stays as typed)."""
+    shown = set(formats.placeholders(template))
+    new_keys = {tag_key(tag) for tag in result.new_tags}
+    shown_tags = [tag for name in shown & set(formats.TAG_PLACEHOLDERS) for tag in result.tags.get(name)]
+    if any(tag_key(tag) in new_keys for tag in shown_tags):
+        return True
+    captions = shown & set(formats.TEXT_PLACEHOLDERS)
+    generated_shown = "generated" in shown or ("extended" in shown and not result.extended.strip())
+    return bool(captions and result.new_nl.strip()) or (generated_shown and bool(result.generated.strip()))
 
 
 def _checked(parsed, composed: str) -> str:

@@ -374,6 +374,8 @@ def test_an_empty_answer_leaves_the_prompt_as_typed():
     for format_name in sorted(FORMAT_PRESETS):
         case = Regression("empty", "masterpiece <lora:a:0.8>, 1girl, smile", format_name, answers=()).case()
         assert rewrite(case) == case.prompt
+    hidden = Regression("tags only, NL only", "1girl, <lora:a:1>, smile", NL_ONLY, model=DTG).case()
+    assert rewrite(hidden) == hidden.prompt  # DanTagGen adds tags, which NL only does not show
 
 
 def test_malformed_prompt_is_kept_byte_for_byte_with_a_note():
