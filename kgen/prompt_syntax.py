@@ -21,21 +21,25 @@ brackets apply to the rest of the prompt. Pure Python, no WebUI import.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+from . import prompt_hazards as hazards
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # as modules/extra_networks.py
 _ESCAPES = {"\\(", "\\)", "\\[", "\\]", "\\\\"}  # as modules/prompt_parser.py re_attention
-_ATTENTION_WEIGHT = re.compile(r":([+-]?[.\d]+)$")  # "(tag:1.2)" -> 1.2, as re_attention
-_SCHEDULE_TAIL = re.compile(r":\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)$")
+_ATTENTION_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*$")  # "(tag:1.2)" -> 1.2, as re_attention
+_SCHEDULE_TAIL = re.compile(r":\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*$")
 _BOUNDARY = re.compile(r"(?P<keyword>\bBREAK\b|\bAND\b)|(?P<sep>[ \t\r\f\v,]*[,\n][\s,]*)")
 _AND_WEIGHT = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")  # "a cat :1.2 AND ..." (re_weight)
 _KEYWORD_WORDS = re.compile(r"\bBREAK\b|\bAND\b")
 _SPACES = re.compile(r"\s+")
+_WORD_CHAR = re.compile(r"\w")
 
 
 class SegmentKind(str, Enum):
@@ -109,6 +113,29 @@ class ParsedPrompt:
 
     def main_units(self) -> list[Segment]:
         return [self.segments[i] for i in self.main_section() if self.segments[i].kind is SegmentKind.TAGS]
+
+    def main_unit_indexes(self) -> list[int]:
+        return [i for i in self.main_section() if self.segments[i].kind is SegmentKind.TAGS]
+
+    def rearrange_hazard(self) -> str | None:
+        """Why the WebUI may read this prompt otherwise than its segments say (then it is kept as typed),
+        or None."""
+        counts = Counter(segment.kind for segment in self.segments)
+        reason = hazards.rearrange_hazard(self.text, counts[SegmentKind.AND], counts[SegmentKind.BREAK])
+        return reason or self._subprompt_weight_hazard()
+
+    def _subprompt_weight_hazard(self) -> str | None:
+        subprompt: list[Segment] = []
+        for segment in (*self.segments, None):
+            if segment is not None and segment.kind is not SegmentKind.AND:
+                subprompt.append(segment)
+                continue
+            text = "".join(part.text for part in subprompt)
+            content = [part for part in subprompt if part.kind is not SegmentKind.SEPARATOR]
+            if hazards.subprompt_weighted(text) and not (content and _is_subprompt_weight(content[-1])):
+                return "a ':weight' of a sub-prompt that is not at its end once extra networks are cut out"
+            subprompt = []
+        return None
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -244,8 +271,8 @@ def unescape(text: str) -> str:
 
 def escape(text: str) -> str:
     """Make model output literal in a WebUI prompt: ``ganyu (genshin impact)`` -> ``ganyu \\(genshin
-    impact\\)``."""
-    return re.sub(r"(?<!\\)([()\[\]])", r"\\\1", text)
+    impact\\)`` (see :func:`kgen.prompt_hazards.escape_generated` for all it neutralises)."""
+    return hazards.escape_generated(text)
 
 
 def _tags_of(nodes: list[_Node], segment: int) -> tuple[PromptTag, ...]:
@@ -329,17 +356,18 @@ def parse(text: str) -> ParsedPrompt:
 
 
 def _split_and_weights(segments: list[Segment]) -> list[Segment]:
-    """``a cat :1.2 AND a dog``: the ``:1.2`` is the AND weight of the sub-prompt, not part of a tag."""
-    if not any(segment.kind is SegmentKind.AND for segment in segments):
-        return segments
+    """``a cat :1.2 AND a dog``: the ``:1.2`` is the weight of the sub-prompt (the last one too, with or
+    without AND), not part of a tag."""
     out: list[Segment] = []
     for index, segment in enumerate(segments):
-        following = next((s for s in segments[index + 1 :] if s.kind is not SegmentKind.SEPARATOR), None)
-        ends_subprompt = following is None or following.kind is SegmentKind.AND
+        following = next((s for s in segments[index + 1 :] if s.text.strip()), None)
+        ends_subprompt = following is None or following.kind is SegmentKind.AND  # only whitespace between
         match = (
             _AND_WEIGHT.search(segment.text) if segment.kind is SegmentKind.TAGS and ends_subprompt else None
         )
-        if match and match.start() > 0:
+        if match and match.start() == 0:
+            out.append(Segment(SegmentKind.TEXT, segment.text, segment.start))
+        elif match:
             head = segment.text[: match.start()]
             out.append(_classify(head, segment.start, len(out)))
             out.append(
@@ -375,26 +403,63 @@ def _join_new(new_tags: Sequence[str], nl: str) -> str:
     return parts or nl
 
 
-def append_content(parsed: ParsedPrompt, new_tags: Sequence[str], nl: str = "") -> str:
-    """No-formatting mode: the prompt exactly as typed, with the new tags (escaped) and the new
-    natural-language
-    text inserted right after the last tag of the main section (so they share its BREAK/AND chunk)."""
-    addition = _join_new(new_tags, nl)
+def _needs_space(left: str, right: str) -> bool:
+    """Two texts meeting where something was put in or taken out: a space keeps ``BREAK`` / ``AND`` and
+    the words around them apart."""
+    return bool(left and right and _WORD_CHAR.match(left[-1]) and _WORD_CHAR.match(right[0]))
+
+
+def _insertion_point(parsed: ParsedPrompt) -> tuple[int, bool]:
+    """Where new content goes (right after the main section's last tag chunk, else after its last element,
+    else where the section starts) and whether it follows an element (then it needs a ", " first)."""
+    section = parsed.main_section()
+    units = parsed.main_unit_indexes()
+    if units:
+        return parsed.segments[units[-1]].end, True
+    kept = [i for i in section if parsed.segments[i].kind is not SegmentKind.SEPARATOR]
+    if kept and _is_subprompt_weight(parsed.segments[kept[-1]]):
+        kept.pop()  # new content goes before the sub-prompt's ":weight"
+        if not kept:
+            return parsed.segments[section.start].start, False
+    if kept:
+        return parsed.segments[kept[-1]].end, True
+    return _section_start(parsed, section), False
+
+
+def _is_subprompt_weight(segment: Segment) -> bool:
+    return segment.kind is SegmentKind.TEXT and bool(_AND_WEIGHT.fullmatch(segment.text))
+
+
+def insert_addition(parsed: ParsedPrompt, addition: str) -> str:
+    """``addition`` (already escaped) put at the insertion point of the main section, the rest as typed."""
     if not addition:
         return parsed.text
-    units = parsed.main_units()
-    if not units:
-        section = parsed.main_section()
-        kept = [parsed.segments[i] for i in section if parsed.segments[i].kind is not SegmentKind.SEPARATOR]
-        if not kept:  # empty section: put the addition where the section starts
-            at = parsed.segments[section.start].start if len(section) else _section_start(parsed, section)
-            before, after = parsed.text[:at], parsed.text[at:]
-            glue_after = " " if after and not (after[:1].isspace() or after[:1] == ",") else ""
-            return f"{before}{addition}{glue_after}{after}"
-        at = kept[-1].end
-        return f"{parsed.text[:at]}, {addition}{parsed.text[at:]}"
-    at = units[-1].end
-    return f"{parsed.text[:at]}, {addition}{parsed.text[at:]}"
+    at, after_element = _insertion_point(parsed)
+    before, after = parsed.text[:at], parsed.text[at:]
+    if after_element:
+        middle = f", {addition}"
+        glue = " " if _needs_space(middle, after) else ""
+    else:
+        middle = " " + addition if _needs_space(before, addition) else addition
+        glue = "" if not after.strip() or after.lstrip(" \t")[:1] in (",", "\n") else ", "
+    return f"{before}{middle}{glue}{after}"
+
+
+def append_content(parsed: ParsedPrompt, new_tags: Sequence[str], nl: str = "") -> str:
+    """No-formatting mode: the prompt exactly as typed, with the new tags (escaped) and the new
+    natural-language text inserted right after the last tag of the main section (so they share its BREAK/AND
+    chunk)."""
+    return insert_addition(parsed, _join_new(new_tags, nl))
+
+
+def prepend_content(parsed: ParsedPrompt, new_tags: Sequence[str], nl: str = "") -> str:
+    """A prompt the WebUI may read otherwise than its segments say (see ``rearrange_hazard``): kept
+    byte-for-byte, the new content (escaped) in front of it, where no bracket or open extra network of the
+    user's can reach it and it reaches nothing of the user's."""
+    addition = _join_new(new_tags, nl)
+    if not addition or not parsed.text.strip():
+        return addition + parsed.text if addition else parsed.text
+    return f"{addition},{chr(10) if nl.strip() else ' '}{parsed.text}"
 
 
 def _section_start(parsed: ParsedPrompt, section: range) -> int:
@@ -403,39 +468,48 @@ def _section_start(parsed: ParsedPrompt, section: range) -> int:
     return len(parsed.text)
 
 
-def replace_tag_block(parsed: ParsedPrompt, block: str) -> str:
-    """Formatted mode: ``block`` (the formatted user tags + new content) takes the place of the main section's
-    first TAGS segment; the section's other TAGS segments are removed (their text is in ``block``) together
-    with one neighbouring separator. Everything else stays where it was, as typed."""
+def replace_tag_block(parsed: ParsedPrompt, block: str, placed: Collection[int] | None = None) -> str:
+    """Formatted mode: ``block`` (the formatted user tags + new content) takes the place of the first of
+    the ``placed`` TAGS segments (default: all of the main section's); the other placed segments are removed
+    (their text is in ``block``) together with one neighbouring separator. Everything else stays where it
+    was, as typed; with nothing placed, ``block`` goes where :func:`append_content` puts new content."""
     block = block.strip()
-    section = parsed.main_section()
-    units = [i for i in section if parsed.segments[i].kind is SegmentKind.TAGS]
-    segments = parsed.segments
+    units = sorted(parsed.main_unit_indexes() if placed is None else placed)
     if not units:
-        if not block:
-            return parsed.text
-        kept = [i for i in section if segments[i].kind is not SegmentKind.SEPARATOR]
-        if not kept:
-            at = _section_start(parsed, section)
-            after = parsed.text[at:]
-            glue = " " if after and not (after[:1].isspace() or after[:1] == ",") else ""
-            return f"{parsed.text[:at]}{block}{glue}{after}"
-        at = segments[kept[-1]].end
-        return f"{parsed.text[:at]}, {block}{parsed.text[at:]}"
+        return insert_addition(parsed, block)
+    segments = parsed.segments
     removed: set[int] = set()
     for index in units[1:]:
         removed.add(index)
         nxt, prev = index + 1, index - 1
-        if prev in section and segments[prev].kind is SegmentKind.SEPARATOR and prev not in removed:
+        if prev >= 0 and segments[prev].kind is SegmentKind.SEPARATOR and prev not in removed:
             removed.add(prev)
-        elif nxt in section and segments[nxt].kind is SegmentKind.SEPARATOR:
+        elif nxt < len(segments) and segments[nxt].kind is SegmentKind.SEPARATOR:
             removed.add(nxt)
-    out = []
+    pieces: list[str] = []
+    touched: list[bool] = []
+    cut = False
     for index, segment in enumerate(segments):
         if index in removed:
+            cut = True
             continue
-        out.append(block if index == units[0] else segment.text)
+        pieces.append(block if index == units[0] else segment.text)
+        touched.append(index == units[0] or cut)
+        cut = False
+    out = pieces[:1]
+    for index in range(1, len(pieces)):
+        if (touched[index] or touched[index - 1]) and _needs_space(out[-1], pieces[index]):
+            out.append(" ")
+        out.append(pieces[index])
     return "".join(out)
+
+
+def reads_the_same(parsed: ParsedPrompt, rewritten: str, rearranged: bool = True) -> bool:
+    """Whether the WebUI reads ``rewritten`` with the extra networks, sub-prompt weights and BREAKs of
+    ``parsed`` (and, for a rearranged prompt, nothing the segmentation cannot follow)."""
+    if hazards.reading(rewritten) != hazards.reading(parsed.text):
+        return False
+    return not rearranged or parse(rewritten).rearrange_hazard() is None
 
 
 def surfaces_by_first_tag(units: Sequence[Segment]) -> list[tuple[str, str]]:

@@ -45,6 +45,7 @@ class Rewrite:
     seconds: float = 0.0
     cached: bool = False
     variant: Variant | None = None
+    note: str = ""  # why the prompt was kept as typed with the new content in front (malformed syntax)
 
 
 # ------------------------------------------------------------------------------------------------ seeds
@@ -227,7 +228,8 @@ class Rewriter:
                 return produced
             started = time.perf_counter()
             final, tokens = self._generate(prompt, settings, seed, aspect_ratio)
-            rewrite = Rewrite(final, tokens, time.perf_counter() - started)
+            note = RequestPlan.of(prompt, settings, seed, aspect_ratio).note
+            rewrite = Rewrite(final, tokens, time.perf_counter() - started, note=note)
             self.generations += 1
             self._remember(key, rewrite)
             return rewrite
@@ -249,8 +251,9 @@ class Rewriter:
             if len(made) != n:
                 raise RuntimeError(f"the variants pass returned {len(made)} prompts for {n} images")
             share = (time.perf_counter() - started) / n
+            note = RequestPlan.of(prompt, settings, seed, aspect_ratio).note
             rewrites = tuple(
-                Rewrite(final, tokens, share, variant=Variant(i, n, int(seed)))
+                Rewrite(final, tokens, share, variant=Variant(i, n, int(seed)), note=note)
                 for i, (final, tokens) in enumerate(made)
             )
             self.generations += n
@@ -291,10 +294,7 @@ class RequestPlan:
     def of(cls, prompt: str, settings: TipoSettings, seed: int, aspect_ratio: float) -> RequestPlan:
         parsed = syntax.parse(prompt)
         if not parsed.tags and settings.tag_prompt.strip():
-            prompt = (
-                f"{prompt.rstrip()}, {settings.tag_prompt.strip()}" if prompt.strip() else settings.tag_prompt
-            )
-            parsed = syntax.parse(prompt)
+            parsed = syntax.parse(_with_tag_prompt(parsed, settings.tag_prompt.strip()))
         nl_plain = syntax.plain_text(settings.nl_prompt)
         request = pipeline.UpsampleRequest(
             tags=[tag.text for tag in parsed.tags],
@@ -315,16 +315,64 @@ class RequestPlan:
     def compose(self, result: pipeline.UpsampleResult) -> str:
         return compose(self.parsed, result, self.settings, self.request.template, self.nl_plain)
 
+    @property
+    def note(self) -> str:
+        hazard = self.parsed.rearrange_hazard()
+        return f"prompt kept as typed, new content put in front of it: {hazard}" if hazard else ""
+
+
+def _with_tag_prompt(parsed: syntax.ParsedPrompt, tag_prompt: str) -> str:
+    """A prompt without tags and the "tag prompt" setting: where new content would go, or in front of a
+    prompt that is kept as typed."""
+    if not parsed.text.strip():
+        return tag_prompt
+    if parsed.rearrange_hazard():
+        return f"{tag_prompt}, {parsed.text}"
+    return syntax.insert_addition(parsed, tag_prompt)
+
 
 def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:
-    """The final prompt: the user's prompt with its non-tag elements in place and the new content added."""
+    """The final prompt: the user's prompt with its non-tag elements in place and the new content added.
+
+    Nothing the user typed is dropped: a tag chunk goes into the formatted block only where the format lists
+    its first tag (each chunk once), every other chunk stays where it was; an answer with nothing new leaves
+    the prompt as typed; a prompt the WebUI may read otherwise than its segments say is kept byte-for-byte
+    with the new content in front (``RequestPlan.note`` says why)."""
+    if parsed.rearrange_hazard():
+        return _checked(parsed, _in_front(parsed, result, settings, template))
     if settings.no_formatting:
-        return syntax.append_content(parsed, result.new_tags, result.new_nl)
-    units = parsed.main_units()
-    surface = {tag_key(unit.tags[0].text): unit.text for unit in units}
-    in_block = {tag_key(tag.text) for unit in units for tag in unit.tags}
-    user = {tag_key(tag.text) for tag in parsed.tags}
+        composed = syntax.append_content(parsed, result.new_tags, result.new_nl)
+    elif not _shows_new_content(result, template):
+        return parsed.text
+    else:
+        composed = _formatted(parsed, result, settings, template, nl_plain)
+    if syntax.reads_the_same(parsed, composed):
+        return composed
+    return _checked(parsed, _in_front(parsed, result, settings, template))
+
+
+def _shows_new_content(result, template: str) -> bool:
+    """Whether the format shows anything the model added (else the prompt stays as typed)."""
+    shown = set(formats.placeholders(template))
+    new_keys = {tag_key(tag) for tag in result.new_tags}
+    shown_tags = [tag for name in shown & set(formats.TAG_PLACEHOLDERS) for tag in result.tags.get(name)]
+    if any(tag_key(tag) in new_keys for tag in shown_tags):
+        return True
+    captions = shown & set(formats.TEXT_PLACEHOLDERS)
+    generated_shown = "generated" in shown or ("extended" in shown and not result.extended.strip())
+    return bool(captions and result.new_nl.strip()) or (generated_shown and bool(result.generated.strip()))
+
+
+def _checked(parsed, composed: str) -> str:
+    """The last guard: a rewrite the WebUI would read differently (networks, sub-prompt weights, BREAKs)
+    is not used; the prompt stays as typed."""
+    return composed if syntax.reads_the_same(parsed, composed, rearranged=False) else parsed.text
+
+
+def _formatted(parsed, result, settings: TipoSettings, template: str, nl_plain: str) -> str:
+    placer = _ChunkPlacer.of(parsed)
     fields = result.fields()
+    shown = set(formats.placeholders(template))
     for name, value in list(fields.items()):
         if isinstance(value, str):
             fields[name] = (
@@ -332,26 +380,64 @@ def compose(parsed, result, settings: TipoSettings, template: str, nl_plain: str
                 if name == "extended"
                 else syntax.escape(value)
             )
-            continue
-        placed = []
-        for tag in value:
-            key = tag_key(tag)
-            if key in surface:
-                placed.append(surface[key])
-            elif key in user or key in in_block:
-                continue  # a user tag written elsewhere (another BREAK/AND section, or inside a group)
-            else:
-                placed.append(syntax.escape(tag))
-        fields[name] = placed
+        elif name in shown:  # a chunk goes into the block only where the format shows its first tag
+            fields[name] = [text for text in map(placer.place, value) if text is not None]
+        else:
+            fields[name] = []
     block = formats.apply_format(formats.PromptFields(**fields), template)
-    return syntax.replace_tag_block(parsed, block)
+    return syntax.replace_tag_block(parsed, block, placer.placed)
+
+
+def _in_front(parsed, result, settings: TipoSettings, template: str) -> str:
+    """The prompt as typed with what the format shows of the new content in front of it."""
+    used = set(formats.placeholders(template))
+    shows_tags = settings.no_formatting or bool(used & set(formats.TAG_PLACEHOLDERS))
+    shows_text = settings.no_formatting or bool(used & set(formats.TEXT_PLACEHOLDERS))
+    return syntax.prepend_content(
+        parsed, result.new_tags if shows_tags else [], result.new_nl if shows_text else ""
+    )
+
+
+@dataclass
+class _ChunkPlacer:
+    """The main section's tag chunks, each put into the formatted block (as typed) where the format lists
+    its first tag; chunks never listed stay where they are in the prompt."""
+
+    segments: tuple[syntax.Segment, ...]
+    waiting: dict[str, list[int]]  # first-tag key -> segment indexes not placed yet, in prompt order
+    user: set[str]  # keys of every user tag (written in some chunk of the prompt)
+    placed: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, parsed: syntax.ParsedPrompt) -> _ChunkPlacer:
+        waiting: dict[str, list[int]] = {}
+        for index in parsed.main_unit_indexes():
+            waiting.setdefault(tag_key(parsed.segments[index].tags[0].text), []).append(index)
+        return cls(parsed.segments, waiting, {tag_key(tag.text) for tag in parsed.tags})
+
+    def place(self, tag: str) -> str | None:
+        """The text a tag of the result stands for in the block: a user chunk, a new tag (escaped), or None
+        for a user tag whose chunk is placed by another tag or stays where it is."""
+        key = tag_key(tag)
+        queue = self.waiting.get(key)
+        if queue:
+            self.placed.append(queue.pop(0))
+            return self.segments[self.placed[-1]].text
+        return None if key in self.user else syntax.escape(tag)
 
 
 def _with_user_caption(extended: str, nl_plain: str, nl_typed: str) -> str:
-    """Keep the caption as the user typed it (weights included) when the model's text starts with it."""
-    if nl_plain and extended.startswith(nl_plain):
+    """Keep the caption as the user typed it (weights included) when the model's text starts with it and
+    the typed caption is plain text, weights and escapes only (nothing the WebUI would read as more)."""
+    if nl_plain and extended.startswith(nl_plain) and _plain_caption(nl_typed):
         return nl_typed.strip() + syntax.escape(extended[len(nl_plain) :])
     return syntax.escape(extended)
+
+
+def _plain_caption(text: str) -> bool:
+    parsed = syntax.parse(text)
+    plain_kinds = (syntax.SegmentKind.TAGS, syntax.SegmentKind.SEPARATOR)
+    return parsed.rearrange_hazard() is None and all(s.kind in plain_kinds for s in parsed.segments)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -367,10 +453,12 @@ class JobRewrite:
 
     @property
     def warning(self) -> str | None:
-        if not self.errors:
-            return None
-        first = next(iter(dict.fromkeys(self.errors)))
-        return f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s): {first}"
+        notes = list(dict.fromkeys(rewrite.note for rewrite in self.rewrites if rewrite.note))
+        if self.errors:
+            first = next(iter(dict.fromkeys(self.errors)))
+            unchanged = f"prompt left unchanged for {len(self.errors)} of {len(self.prompts)} image(s)"
+            notes.insert(0, f"{unchanged}: {first}")
+        return "; ".join(notes) or None
 
     def variant_notes(self, tipo_seed: int) -> dict[str, str]:
         """Final prompt -> the infotext record of its variant (images made by a variants pass only)."""

@@ -46,9 +46,10 @@ CORPUS: list[tuple[str, list[tuple[str, float]], list[str]]] = [
     ("[red|blue] hair, smile", [("smile", 1)], ["[red|blue] hair"]),
     ("[fe|]male", [], ["[fe|]male"]),
     ("[ in foreground::0.6], tree", [("tree", 1)], ["[ in foreground::0.6]"]),
+    ("1girl, [a:b:10 ]", [("1girl", 1)], ["[a:b:10 ]"]),  # a space before ']' is still prompt editing
     ("(x [a:b:3]:1.2), y", [("y", 1)], ["(x [a:b:3]:1.2)"]),
     ("(re:zero), rem", [("re:zero", W), ("rem", 1)], []),
-    ("(tag:1.2", [("tag:1.2", W)], []),  # unclosed: ':1.2' is text, the '(' applies 1.1
+    ("(tag:1.2", [("tag", W)], [":1.2"]),  # unclosed: ':1.2' ends the (only) sub-prompt: its weight
     ("smile)", [("smile)", 1)], []),  # a stray closer is literal text
     ("1girl\n\nA girl walking in a park.", [("1girl", 1), ("A girl walking in a park.", 1)], []),
     (
@@ -193,3 +194,73 @@ def test_escape_roundtrip():
         assert ps.unescape(ps.escape(text)) == text.replace("\\(", "(") or text == "a\\(b"
     assert ps.escape("a (b)") == "a \\(b\\)"
     assert ps.escape("already \\(escaped\\)") == "already \\(escaped\\)"
+
+
+@pytest.mark.parametrize(
+    ("generated", "forbidden"),
+    [
+        ("x AND y", r"\bAND\b"),
+        ("x BREAK y", r"\bBREAK\b"),
+        ("<lora:z:1>", r"<\w+:"),
+        ("closing>", ">"),
+        ("a|b", r"(?<!\\)\|"),
+        ("score:9", r"(?<!\\):"),
+        ("trailing\\", r"(?<!\\)\\$"),
+    ],
+)
+def test_generated_text_cannot_become_syntax(generated, forbidden):
+    escaped = ps.escape(generated)
+    assert not re.search(forbidden, escaped)
+    assert ps.escape(escaped) == escaped  # escaping twice changes nothing
+    assert ps.parse(f"1girl, {escaped}").rearrange_hazard() is None
+
+
+def test_a_generated_colon_number_is_never_a_sub_prompt_weight():
+    assert not re.search(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$", ps.escape("cat :3"))
+
+
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [
+        ("1girl, (smile", "unclosed '('"),
+        ("1girl, smile)", "closes no bracket"),
+        ("a|b, 1girl", "'|' outside square brackets"),
+        ("<lora:broken, 1girl", "not closed by '>'"),
+        ("(1girl AND smile)", "AND inside brackets"),
+        ("(1girl BREAK smile)", "BREAK inside brackets"),
+        ("x<lora:a:1>BREAK", "makes or breaks a BREAK"),
+        ("1girl, x BREAK[a:b:5]", "BREAK glued"),
+        ("1girl, path\\", "backslash"),
+        ("1girl :1.2 <lora:a:1>", "sub-prompt"),
+    ],
+)
+def test_prompts_the_webui_reads_otherwise_are_flagged(prompt, reason):
+    assert reason in (ps.parse(prompt).rearrange_hazard() or "")
+
+
+@pytest.mark.parametrize("prompt", [p for p, _, _ in CORPUS if "(" not in p[-3:]][:20])
+def test_well_formed_prompts_are_not_flagged(prompt):
+    parsed = ps.parse(prompt)
+    if all(ch not in prompt for ch in "()[]|\\<"):
+        assert parsed.rearrange_hazard() is None
+
+
+def test_prepend_keeps_a_flagged_prompt_byte_for_byte():
+    parsed = ps.parse("1girl, (smile")
+    assert ps.prepend_content(parsed, ["hat"], "A hat.") == "hat,\nA hat.,\n1girl, (smile"
+    assert ps.prepend_content(parsed, []) == "1girl, (smile"
+
+
+def test_new_content_keeps_a_glued_break_a_break():
+    parsed = ps.parse("bare shoulders, (realistic:1.3)BREAK sky")
+    out = ps.append_content(parsed, ["hat"])
+    assert out == "bare shoulders, (realistic:1.3), hat BREAK sky"
+    assert ps.replace_tag_block(parsed, "X, (realistic:1.3)") == "X, (realistic:1.3)BREAK sky"
+    assert ps.replace_tag_block(parsed, "(realistic:1.3), hat") == "(realistic:1.3), hat BREAK sky"
+
+
+def test_the_sub_prompt_weight_stays_last():
+    assert ps.append_content(ps.parse("1girl, smile :1.2"), ["hat"]) == "1girl, smile, hat :1.2"
+    assert ps.append_content(ps.parse("1girl, :1.2 AND sunset"), ["hat"]) == "1girl, hat, :1.2 AND sunset"
+    assert ps.reads_the_same(ps.parse("a :1.2 AND b"), "a, c :1.2 AND b")
+    assert not ps.reads_the_same(ps.parse("a :1.2 AND b"), "a :1.2, c AND b")
