@@ -8,6 +8,7 @@ gradio is imported only where the UI is built, so the processing hooks run (and 
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 import json
@@ -364,16 +365,20 @@ class TipoScript(scripts.Script):
         try:
             settings = TipoSettings.from_positional(list(values))
         except SettingsError as exc:
-            return prompt, f"<span class='tipo-error'>{exc}</span>"
+            return prompt, f"<span class='tipo-error'>{html.escape(str(exc))}</span>"
         seed = settings.seed if settings.seed >= 0 else random.randrange(SEED_MAX)
         ratio = (float(width) / float(height)) if width and height else 1.0
         try:
             rewrite = ENGINE.rewrite(rewriter.source_of(prompt or "", settings), settings, seed, ratio)
         except Exception as exc:
             log.warning("TIPO preview failed: %s", exc)
-            return prompt, f"<span class='tipo-error'>TIPO failed: {type(exc).__name__}: {exc}</span>"
-        note = " (cached)" if rewrite.cached else ""
-        return rewrite.prompt, f"seed {seed} · {rewrite.tokens} tokens · {rewrite.seconds:.2f} s{note}"
+            failure = html.escape(f"TIPO failed: {type(exc).__name__}: {exc}")
+            return prompt, f"<span class='tipo-error'>{failure}</span>"
+        cached = " (cached)" if rewrite.cached else ""
+        status = f"seed {seed} · {rewrite.tokens} tokens · {rewrite.seconds:.2f} s{cached}"
+        if rewrite.note:
+            status += f" · <span class='tipo-note'>{html.escape(rewrite.note)}</span>"
+        return rewrite.prompt, status
 
 
 # ============================================================================================ UI

@@ -119,6 +119,12 @@ def _descendants(block):
         yield from _descendants(child)
 
 
+def test_controls_are_kept_out_of_ui_config_so_the_settings_page_defaults_apply(page):
+    # modules/ui_loadsave.py skips such components; otherwise ui-config.json pins their first values.
+    assert all(getattr(control, "do_not_save_to_config", False) for control in page.controls)
+    assert page.controls[0].accordion.do_not_save_to_config
+
+
 def test_extra_prompt_boxes_sit_right_under_the_main_prompt(page):
     tab = "img2img" if page.script.is_img2img else "txt2img"
     column = next(

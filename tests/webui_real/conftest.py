@@ -2,7 +2,7 @@
 extension, a tiny TIPO-format model in its models folder, and a headless Chromium.
 
 Run: ``.venv/bin/python -m pytest tests/webui_real --real-webui forge,reforge`` (the WebUI kit must be at
-``../shared/webui``; each harness is built on first use into ``.cache/webui``)."""
+``../shared/webui``; each harness is built on first use into ``build/webui``)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KIT = Path(os.environ.get("TIPO_WEBUI_KIT", REPO_ROOT.parent / "shared" / "webui"))
-HARNESS_ROOT = Path(os.environ.get("TIPO_WEBUI_HARNESS_ROOT", REPO_ROOT / ".cache" / "webui"))
+# Not under a folder whose name starts with a dot: gradio 3.41 (reForge) refuses to serve any file below one
+# (routes.py: is_dotfile), so every javascript/ file of a WebUI under .cache/ would answer 403.
+HARNESS_ROOT = Path(os.environ.get("TIPO_WEBUI_HARNESS_ROOT", REPO_ROOT / "build" / "webui"))
 EXTENSION_NAME = "tipo-webui-kgen"
 WEBUIS = ("forge", "reforge")
 # A tiny 64x64 one-step image: the checkpoint has random weights, so only prompts, infotext and UI are tested.
@@ -57,7 +59,7 @@ class Harness:
 
 
 def harness(name: str, *, build: bool = True) -> Harness:
-    """The kit build of ``name`` under ``.cache/webui`` (built when missing and ``build`` is true)."""
+    """The kit build of ``name`` under ``build/webui`` (built when missing and ``build`` is true)."""
     found = Harness(name, HARNESS_ROOT / name)
     if not found.is_built():
         if not build:

@@ -233,4 +233,4 @@ def test_install_py_goes_through_the_webuis_own_pip_runner(webui, tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "ran: install" in result.stdout
+    assert 'ran: "install"' in result.stdout
