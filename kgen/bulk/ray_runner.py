@@ -4,8 +4,8 @@ input order.
 
 Each actor runs :func:`~kgen.bulk.engine.run_chunk` on the same chunks the single-process run makes
 (``batch_size`` lines, aligned on the line index), so the output is the same whatever the number of
-actors. An actor that dies is restarted by Ray and its chunk run again (``max_restarts`` /
-``max_task_retries``); the driver writes the results, so the output stays resumable.
+actors. An actor that dies is restarted by Ray Data and its chunk run again (Ray Data's defaults for actor
+pools: unlimited restarts and task retries); the driver writes the results, so the output stays resumable.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     local_cpus: int | None = None  # CPUs of a local Ray started for the job (None: all)
-    retries: int = 3  # actor restarts and chunk retries after a worker dies
 
     def __post_init__(self) -> None:
         if self.actors < 1:
@@ -103,8 +102,6 @@ class RayExecutor:
             compute=ray.data.ActorPoolStrategy(size=self.options.actors),
             num_cpus=self.options.cpus_per_actor,
             num_gpus=self.options.gpus_per_actor or None,
-            max_restarts=self.options.retries,
-            max_task_retries=self.options.retries,
         )
         mapped.context.execution_options.preserve_order = True
         mapped.context.enable_progress_bars = False
