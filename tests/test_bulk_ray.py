@@ -92,3 +92,21 @@ def test_a_worker_that_dies_mid_job_is_retried_and_nothing_is_lost(ray_cluster, 
     assert ray_cluster.exists(), "a worker died during the job"
     assert written == expected
     assert summary.lines == LINES
+
+
+def test_the_command_line_on_ray_with_the_format_model_equals_the_single_process_run(ray_cluster, tmp_path):
+    from format_model import format_model_dir, format_model_or_skip
+
+    format_model_or_skip()
+    requests = tmp_path / "in.jsonl"
+    lines = [{"tags": "1girl, solo", "seed": i} for i in range(8)]
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    model = str(format_model_dir())
+    job = ("--model", model, "--device", "cpu", "--input", str(requests), "--batch-size", "4",
+           "--tag-length", "very short")  # fmt: skip
+    single, on_ray = tmp_path / "single.jsonl", tmp_path / "ray.jsonl"
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main([*job, "--output", str(single)], out=out, err=err) == 0, err.getvalue()
+    assert cli.main([*job, "--output", str(on_ray), "--ray", "--ray-actors", "2"], out=out, err=err) == 0
+    assert on_ray.read_bytes() == single.read_bytes()
+    assert len({json.loads(x)["prompt"] for x in single.read_text().splitlines()}) > 4
