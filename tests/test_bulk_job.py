@@ -216,3 +216,25 @@ def test_missing_ray_is_one_clear_message(tmp_path, monkeypatch, scripted):
     code, _, err = run_cli("--input", str(requests), "--output", str(tmp_path / "o.jsonl"), "--ray")
     assert code == cli.EXIT_BAD_INPUT
     assert err.count("error:") == 1 and 'pip install -e ".[ray]"' in err
+
+
+def test_a_backend_failing_a_whole_batch_fails_only_the_line_that_caused_it(tmp_path, monkeypatch):
+    def refuses_t5(prompt: str, seed: int) -> str:
+        if "t5" in prompt:
+            raise RuntimeError("the server refused this prompt")
+        return seeded_tags(prompt, seed)
+
+    requests = write_requests(tmp_path / "in.jsonl", 8)
+    monkeypatch.setattr(cli, "load_backend", lambda args: (ReplayBackend(refuses_t5), None))
+    output = tmp_path / "out.jsonl"
+    code, _, _ = run_cli("--input", str(requests), "--output", str(output), "--batch-size", "4")
+    assert code == 1
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [i for i, r in enumerate(records) if "error" in r] == [5]
+    assert records[5]["error"] == "line 6: the server refused this prompt"
+    monkeypatch.setattr(cli, "load_backend", lambda args: (ReplayBackend(seeded_tags), None))
+    clean = tmp_path / "clean.jsonl"
+    run_cli("--input", str(requests), "--output", str(clean), "--batch-size", "4")
+    assert [r for i, r in enumerate(records) if i != 5] == [
+        json.loads(line) for i, line in enumerate(clean.read_text().splitlines()) if i != 5
+    ]

@@ -138,13 +138,28 @@ def _outcomes(backend: Backend, run: RunSettings, requests: list[UpsampleRequest
     return outcomes
 
 
+def _outcomes_isolating_failures(
+    backend: Backend, run: RunSettings, requests: list[UpsampleRequest]
+) -> list[object]:
+    """Outcomes of the requests together; when the backend fails the whole batch (a server refusing one
+    request, a prompt too long for llama.cpp), each request alone, so only the failing ones fail."""
+    try:
+        return _outcomes(backend, run, requests)
+    except ServerUnavailableError:
+        raise
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+    return [_outcomes_isolating_failures(backend, run, [request])[0] for request in requests]
+
+
 def run_chunk(backend: Backend, run: RunSettings, lines: Sequence[BulkLine]) -> ChunkResult:
     """Output lines for ``lines``, in order; a failed line gets an ``{"error": ...}`` record.
 
     Raises ServerUnavailableError (the job stops there and can be resumed) instead of failing lines."""
     started = time.perf_counter()
     runnable = [line for line in lines if line.request is not None]
-    outcomes = _outcomes(backend, run, [line.request for line in runnable])
+    outcomes = _outcomes_isolating_failures(backend, run, [line.request for line in runnable])
     for outcome in outcomes:
         if isinstance(outcome, ServerUnavailableError):
             raise outcome
