@@ -1,6 +1,7 @@
 """Command line: ``python -m kgen "1girl, solo" --nl "a girl in a park" ...``.
 
-One prompt from the arguments, or many with ``--input requests.jsonl --output results.jsonl``.
+One prompt from the arguments, or many with ``--input requests.jsonl --output results.jsonl`` (or Parquet;
+resumable with ``--resume``; on a served engine with ``--server URL``, on a Ray cluster with ``--ray``).
 ``--dry-run`` prints the first model input without loading any model.
 """
 
@@ -10,18 +11,30 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
 from .backends.base import SamplingSettings
+from .backends.served import DEFAULT_CONTEXT_LENGTH, ServerError, ServerOptions
+from .bulk.engine import (
+    BatchedExecutor,
+    BulkLine,
+    ConcurrentExecutor,
+    EngineSpec,
+    RunSettings,
+    model_ref_for,
+    model_spec_for,
+)
+from .bulk.job import job_key, run_to_file, run_to_stream
+from .bulk.journal import ResumeError
+from .bulk.sources import MissingExtraError, SourceRecord, read_jsonl_records, read_records
 from .lengths import Length
 from .pipeline import (
     DEFAULT_FORMAT,
     RequestError,
     UpsampleRequest,
-    UpsampleResult,
     first_model_input,
     upsample_many,
     upsample_variants,
@@ -32,6 +45,7 @@ from .variants import variant_sampler
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
 EXIT_BAD_INPUT = 2
 EXIT_NO_MODEL = 3
+EXIT_SERVER = 4
 REQUEST_KEYS = ("tags", "nl", "tag_length", "nl_length", "format", "aspect_ratio", "seed", "ban_tags")
 
 
@@ -125,15 +139,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--output", type=Path, help="JSON lines of results, same order (default: stdout)")
     output.add_argument("--batch-size", type=int, default=8, help="requests generated together in bulk mode")
+    _add_bulk_arguments(parser)
     parser.add_argument("--version", action="version", version=f"kgen {__version__}")
     return parser
 
 
-@dataclass(frozen=True)
-class BulkLine:
-    index: int
-    request: UpsampleRequest | None
-    error: str | None = None
+def _add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
+    bulk = parser.add_argument_group("bulk jobs")
+    bulk.add_argument("--resume", action="store_true",
+                      help="continue a killed --input/--output job where its last committed line ended")
+    bulk.add_argument("--column", default=None,
+                      help="Parquet input: the column holding each request's text (default: columns named "
+                           "like the request keys)")
+    bulk.add_argument("--column-field", choices=("nl", "tags"), default="nl",
+                      help="what --column holds: nl (a caption, default) or tags")
+    bulk.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                      help="run bulk mode on Ray: no ADDRESS starts a local Ray, 'auto' or an address joins "
+                           "a cluster")
+    bulk.add_argument("--ray-actors", type=int, default=2,
+                      help="Ray actors, each holding one engine; default 2")
+    bulk.add_argument("--num-gpus", type=float, default=0.0,
+                      help="GPUs per Ray actor (local models); default 0")
+
+    served = parser.add_argument_group("served engine (OpenAI-compatible: vLLM, SGLang, llama.cpp, TGI)")
+    served.add_argument("--server", default=None, metavar="URL",
+                        help="generate on a server's /v1/completions, e.g. http://127.0.0.1:8000/v1; "
+                             "--model then only names the protocol and context")
+    served.add_argument("--server-model", default=None,
+                        help="the served model's name (default: the first one the server lists)")
+    served.add_argument("--concurrency", type=int, default=8, help="requests in flight at once; default 8")
+    served.add_argument("--server-timeout", type=float, default=120.0, help="seconds per HTTP request")
+    served.add_argument("--server-retries", type=int, default=5,
+                        help="retries on connection errors, 429 and 5xx (exponential backoff); default 5")
+    served.add_argument("--server-context", type=int, default=None,
+                        help="the server's context length (default: what it reports, else the model's)")
+    served.add_argument("--server-tokenizer", default=None,
+                        help="tokenizer folder or tokenizer.json to count tokens locally (default: the "
+                             "--model folder's, else the server's tokenize endpoint, else an estimate)")
 
 
 def request_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> UpsampleRequest:
@@ -172,43 +214,26 @@ def sampling_from_args(args: argparse.Namespace, spec=None) -> SamplingSettings 
 
 def read_bulk(args: argparse.Namespace, stream: TextIO) -> Iterator[BulkLine]:
     """Parse each JSONL line into a request; a bad line becomes an error entry, never an abort."""
-    index = 0
-    for raw in stream:
-        if not raw.strip():
+    yield from _bulk_lines(args, read_jsonl_records(iter(stream)))
+
+
+def bulk_input(args: argparse.Namespace) -> Iterator[BulkLine]:
+    """The requests of ``--input`` (JSON lines, ``-`` for standard input, or Parquet)."""
+    yield from _bulk_lines(args, read_records(args.input, REQUEST_KEYS, args.column, args.column_field))
+
+
+def _bulk_lines(args: argparse.Namespace, records: Iterator[SourceRecord]) -> Iterator[BulkLine]:
+    for record in records:
+        if record.fields is None:
+            yield BulkLine(record.index, None, record.error)
             continue
         try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise RequestError("each line must be a JSON object")
-            yield BulkLine(index, request_from_args(args, record))
-        except (json.JSONDecodeError, RequestError, BanTagError, ValueError, TypeError) as exc:
-            yield BulkLine(index, None, f"line {index + 1}: {exc}")
-        index += 1
+            yield BulkLine(record.index, request_from_args(args, record.fields))
+        except (RequestError, BanTagError, ValueError, TypeError) as exc:
+            yield BulkLine(record.index, None, f"line {record.index + 1}: {exc}")
 
 
-def _model_spec(name: str):
-    """The registry entry for a model argument, or None for local paths (TIPO v1 conventions)."""
-    from .registry import UnknownModelError, parse_model_choice
-
-    if Path(name).expanduser().exists():
-        return None
-    try:
-        return parse_model_choice(name)[0]
-    except UnknownModelError:
-        return None
-
-
-def _model_ref(name: str, store):
-    from .model_store import ModelRef
-    from .registry import parse_model_choice
-
-    path = Path(name).expanduser()
-    if path.exists():
-        return ModelRef(path=path)
-    spec, gguf = parse_model_choice(name)
-    if gguf is None and not spec.transformers_native:
-        gguf = spec.gguf_files[0]  # only its GGUF files can be loaded
-    return ModelRef(spec=spec, gguf_file=gguf)
+_model_spec = model_spec_for
 
 
 def list_models(args: argparse.Namespace, out: TextIO) -> int:
@@ -236,18 +261,14 @@ def dry_run(args: argparse.Namespace, out: TextIO) -> int:
         text = first_model_input(request, model=spec)
         out.write(json.dumps({"model_input": text}, ensure_ascii=False) + "\n" if args.json else text + "\n")
         return 0
-    with _open_input(args.input) as stream, _open_output(args.output, out) as sink:
-        for line in read_bulk(args, stream):
+    with _open_output(args.output, out) as sink:
+        for line in bulk_input(args):
             if line.request is None:
                 record: dict[str, Any] = {"error": line.error}
             else:
                 record = {"model_input": first_model_input(line.request, model=spec)}
             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
     return 0
-
-
-def _open_input(path: Path):
-    return sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
 
 
 class _Unclosed:
@@ -270,85 +291,80 @@ def _open_output(path: Path | None, default: TextIO):
 
 def load_backend(args: argparse.Namespace):
     """(backend, model spec) for the ``--model`` argument; raises ModelStoreError / ModelLoadError."""
-    from .backends.loader import LoadOptions, build_backend
-    from .model_store import ModelStore
+    engine = engine_from_args(args)
+    spec = _model_spec(args.model) if engine.server is not None else model_ref_for(args.model).spec
+    return engine.build(), spec
 
-    store = ModelStore(args.models_dir, offline=args.offline or None)
-    ref = _model_ref(args.model, store)
-    loaded = build_backend(ref, store, LoadOptions(device=args.device, dtype=args.dtype))
-    return loaded.backend, ref.spec
+
+def engine_from_args(args: argparse.Namespace) -> EngineSpec:
+    server = None
+    if args.server:
+        tokenizer = args.server_tokenizer
+        if tokenizer is None and (Path(args.model).expanduser() / "tokenizer.json").is_file():
+            tokenizer = str(Path(args.model).expanduser())
+        spec = _model_spec(args.model)
+        server = ServerOptions(
+            base_url=args.server, model=args.server_model, timeout_s=args.server_timeout,
+            retries=args.server_retries, tokenizer=tokenizer,
+            context_length=args.server_context,
+            default_context_length=spec.context_length if spec is not None else DEFAULT_CONTEXT_LENGTH,
+        )
+    return EngineSpec(args.model, args.models_dir, bool(args.offline), args.device, args.dtype, server)
 
 
 def generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     sampling = sampling_from_args(args, _model_spec(args.model))  # validate before loading a model
-    if args.input is None:
-        requests = [request_from_args(args)]
+    if args.input is not None:
+        return _generate_bulk(args, sampling, out, err)
+    requests = [request_from_args(args)]
     backend, spec = load_backend(args)
-    if args.input is None:
-        if args.variants > 1:
-            sampler = variant_sampler(backend, args.tgts_policy)
-            results = upsample_variants(requests[0], backend, args.variants, spec, sampling, sampler=sampler)
-        else:
-            results = upsample_many(requests, backend, model=spec, sampling=sampling)
-        if args.json:
-            out.writelines(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
-        else:
-            out.write(VARIANT_SEPARATOR.join(r.prompt for r in results) + "\n")
-        return 0
-    return _generate_bulk(args, backend, spec, sampling, out)
+    if args.variants > 1:
+        sampler = variant_sampler(backend, args.tgts_policy)
+        results = upsample_variants(requests[0], backend, args.variants, spec, sampling, sampler=sampler)
+    else:
+        results = upsample_many(requests, backend, model=spec, sampling=sampling)
+    if args.json:
+        out.writelines(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+    else:
+        out.write(VARIANT_SEPARATOR.join(r.prompt for r in results) + "\n")
+    return 0
 
 
 VARIANT_SEPARATOR = "\n---\n"
+# Flags that change how fast or where a job runs, never what it writes: a resume may change them.
+NOT_IN_JOB_KEY = frozenset({
+    "resume", "input", "output", "concurrency", "ray", "ray_actors", "num_gpus", "server", "server_timeout",
+    "server_retries", "json", "dry_run", "list_models", "models_dir", "offline", "device",
+})
 
 
-def _run_chunk(args, backend, spec, sampling, requests: list[UpsampleRequest]) -> list[object]:
-    """Results (or exceptions) for a chunk of bulk requests; with --variants each is a list of results."""
-    if args.variants <= 1:
-        return upsample_many(requests, backend, model=spec, sampling=sampling, return_exceptions=True)
-    sampler = variant_sampler(backend, args.tgts_policy)
-    outcomes: list[object] = []
-    for request in requests:
-        try:
-            outcomes.append(
-                upsample_variants(request, backend, args.variants, spec, sampling, sampler=sampler)
-            )
-        except Exception as exc:  # one bad request must not end the bulk run
-            outcomes.append(exc)
-    return outcomes
+def _bulk_executor(args: argparse.Namespace, sampling: SamplingSettings | None):
+    if args.ray is not None:
+        from .bulk.ray_runner import RayExecutor, RayOptions
+
+        options = RayOptions(address=args.ray, actors=args.ray_actors, gpus_per_actor=args.num_gpus)
+        run = RunSettings(_model_spec(args.model), sampling, args.variants, args.tgts_policy)
+        return RayExecutor(engine_from_args(args), run, args.batch_size, options)
+    backend, loaded_spec = load_backend(args)
+    run = RunSettings(loaded_spec, sampling, args.variants, args.tgts_policy)
+    if args.server:
+        return ConcurrentExecutor(backend, run, args.concurrency, args.batch_size)
+    return BatchedExecutor(backend, run, args.batch_size)
 
 
-def _record(outcome) -> dict[str, Any]:
-    if isinstance(outcome, UpsampleResult):
-        return outcome.to_dict()
-    return {"variants": [r.to_dict() for r in outcome]}
-
-
-def _generate_bulk(args, backend, spec, sampling: SamplingSettings, out: TextIO) -> int:
-    from tqdm import tqdm
-
-    with _open_input(args.input) as stream:
-        lines = list(read_bulk(args, stream))
-    failures = 0
-    with (
-        _open_output(args.output, out) as sink,
-        tqdm(total=len(lines), unit="prompt", file=sys.stderr) as bar,
-    ):
-        for start in range(0, len(lines), max(1, args.batch_size)):
-            chunk = lines[start : start + max(1, args.batch_size)]
-            runnable = [line for line in chunk if line.request is not None]
-            results = _run_chunk(args, backend, spec, sampling, [line.request for line in runnable])
-            by_index = dict(zip((line.index for line in runnable), results, strict=True))
-            for line in chunk:
-                outcome = by_index.get(line.index)
-                if line.request is None or isinstance(outcome, Exception):
-                    failures += 1
-                    record: dict[str, Any] = {"error": line.error or f"line {line.index + 1}: {outcome}"}
-                else:
-                    record = _record(outcome)
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.flush()
-            bar.update(len(chunk))
-    return 0 if failures == 0 else 1
+def _generate_bulk(args, sampling: SamplingSettings | None, out: TextIO, err: TextIO) -> int:
+    if args.resume and (args.output is None or str(args.output) == "-"):
+        raise ValueError("--resume needs --output FILE")
+    lines = list(bulk_input(args))
+    executor = _bulk_executor(args, sampling)
+    if args.output is None or str(args.output) == "-":
+        summary = run_to_stream(lines, executor, out)
+    else:
+        settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_JOB_KEY}
+        key = job_key(args.input, settings)
+        summary = run_to_file(lines, executor, args.output, key, resume=args.resume)
+    err.write(summary.describe() + "\n")
+    return 0 if summary.failed == 0 else 1
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -364,9 +380,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         if args.dry_run:
             return dry_run(args, out)
         return generate(args, out, err)
-    except (RequestError, BanTagError, ValueError) as exc:
+    except (RequestError, BanTagError, ResumeError, MissingExtraError, ValueError) as exc:
         err.write(f"error: {exc}\n")
         return EXIT_BAD_INPUT
+    except ServerError as exc:
+        resumable = " (--resume continues the job)" if args.input is not None and args.output else ""
+        err.write(f"error: {exc}{resumable}\n")
+        return EXIT_SERVER
     except Exception as exc:
         return _report_model_failure(exc, args, err)
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from . import formats, pipeline
 from . import prompt_syntax as syntax
 from .backends.base import Backend, SamplingSettings
+from .backends.served import DEFAULT_CONTEXT_LENGTH, ServedBackend, ServerOptions
 from .pipeline import VariantSampler
 from .settings import CUSTOM_FORMAT, SEED_MAX, TipoSettings
 from .tags import tag_key
@@ -128,6 +129,7 @@ class BackendConfig:
     memory: str = "offload"  # keep | offload | unload (kgen.backends.loader.MemoryPolicy)
     default_device: str = "auto"  # what a device control of "auto" stands for
     cpu_precision: str = "auto"  # "int8": quantized transformers decoding on the CPU (opt-in, faster)
+    served_url: str = ""  # an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) generates instead
 
 
 def device_for(control: str, default: str) -> str:
@@ -139,9 +141,17 @@ class LoaderBackends:
     """Backends through ``kgen.backends.loader.BackendCache`` (one model in memory at a time). ``config`` is
     read on every session, so changed settings take effect without a restart."""
 
-    def __init__(self, config: Callable[[], BackendConfig], builder: Callable | None = None):
+    def __init__(
+        self,
+        config: Callable[[], BackendConfig],
+        builder: Callable | None = None,
+        served: Callable[[ServerOptions], Backend] | None = None,
+    ):
         self.config = config
         self.builder = builder  # kgen.backends.loader.build_backend unless given (tests)
+        self.served_factory = served or ServedBackend
+        self.served: Backend | None = None  # the backend of served_url, kept while the setting stays
+        self.served_key: tuple[str, int] | None = None
         self.cache = None
 
     def store(self, config: BackendConfig | None = None):
@@ -156,6 +166,10 @@ class LoaderBackends:
 
         config = self.config()
         store = self.store(config)
+        ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
+        if config.served_url.strip():
+            yield self._served_backend(config.served_url.strip(), ref.spec), ref.spec
+            return
         if (
             self.cache is None
             or self.cache.store.root != store.root
@@ -165,13 +179,20 @@ class LoaderBackends:
                 self.cache.unload()
             custom = {} if self.builder is None else {"builder": self.builder}
             self.cache = loader.BackendCache(store, **custom)
-        ref = store.resolve_untrusted(settings.model)  # never a path or URL from outside
         options = loader.LoadOptions(
             device=device_for(settings.device, config.default_device), memory=config.memory or "offload",
             dtype="int8" if config.cpu_precision == "int8" else None,
         )
         with self.cache.session(ref, options) as backend:
             yield backend, ref.spec
+
+    def _served_backend(self, url: str, spec: Any) -> Backend:
+        """The served model of the setting; the chosen model names the protocol and the context size."""
+        context = spec.context_length if spec is not None else DEFAULT_CONTEXT_LENGTH
+        if self.served is None or self.served_key != (url, context):
+            self.served = self.served_factory(ServerOptions(url, default_context_length=context))
+            self.served_key = (url, context)
+        return self.served
 
 
 # ------------------------------------------------------------------------------------------------ engine

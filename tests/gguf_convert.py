@@ -7,7 +7,8 @@ Needs ``gguf``, ``numpy``, ``torch`` and ``transformers``.
 
 Layout written: tensors named as llama.cpp's ``llama`` architecture expects (``token_embd``, ``blk.N.attn_q``
 ...), with q/k rows permuted from the transformers rotary layout (halves) back to llama.cpp's (interleaved
-pairs); the SentencePiece vocabulary (``tokenizer.ggml.model = "llama"``) with scores and token types.
+pairs); the SentencePiece vocabulary (``tokenizer.ggml.model = "llama"``) with scores and token types, or
+for a byte-level BPE tokenizer (the format model's) llama.cpp's ``gpt2`` vocabulary with its merges.
 """
 
 from __future__ import annotations
@@ -83,12 +84,20 @@ def convert_llama_to_gguf(
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
     writer.add_file_type(int(file_type))
 
-    vocab = tokenizer_vocab(tokenizer, config.vocab_size)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
-    writer.add_token_types(vocab.types)
+    byte_level = byte_level_bpe_vocab(tokenizer, config.vocab_size)
+    if byte_level is not None:  # GPT-2 style: llama.cpp's "gpt2" tokenizer with its merges
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(byte_level.tokens)
+        writer.add_token_types(byte_level.types)
+        writer.add_token_merges(byte_level.merges)
+    else:
+        vocab = tokenizer_vocab(tokenizer, config.vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_scores(vocab.scores)
+        writer.add_token_types(vocab.types)
     for name, token_id in _special_ids(tokenizer).items():
         getattr(writer, f"add_{name}_token_id")(token_id)
     add_bos, add_eos = _adds_bos_eos(tokenizer)
@@ -173,6 +182,35 @@ def tokenizer_vocab(tokenizer: Any, vocab_size: int) -> GGUFVocab:
     if unk is not None:
         types[unk] = int(gguf.TokenType.UNKNOWN)
     return GGUFVocab(tokens, scores, types)
+
+
+@dataclass(frozen=True)
+class ByteLevelVocab:
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+
+
+def byte_level_bpe_vocab(tokenizer: Any, vocab_size: int) -> ByteLevelVocab | None:
+    """Tokens, types and merges of a byte-level BPE tokenizer (GPT-2 style), or None for other kinds."""
+    import gguf
+
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        return None
+    data = json.loads(backend.to_str())
+    if data["model"]["type"] != "BPE" or (data.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
+        return None
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [int(gguf.TokenType.UNUSED)] * vocab_size
+    for piece, token_id in data["model"]["vocab"].items():
+        if token_id < vocab_size:
+            tokens[token_id], types[token_id] = piece, int(gguf.TokenType.NORMAL)
+    for token_id, added in _added_tokens(tokenizer).items():
+        kind = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
+        tokens[token_id], types[token_id] = added.content, int(kind)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
+    return ByteLevelVocab(tokens, types, merges)
 
 
 def _piece_type(piece: str, sp: Any = None, token_id: int = 0) -> Any:
