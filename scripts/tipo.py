@@ -88,6 +88,7 @@ def backend_config():
         memory=option_value("tipo_memory", "offload") or "offload",
         default_device=cmd_flag("tipo_device") or option_value("tipo_default_device", "auto") or "auto",
         cpu_precision=option_value("tipo_cpu_precision", "auto") or "auto",
+        served_url=str(option_value("tipo_served_url", "") or "").strip(),
     )
 
 
@@ -642,6 +643,15 @@ def on_ui_settings():
             "slightly different prompts)",
             gr.Radio,
             {"choices": ["auto", "int8"]},
+            section=section,
+        ),
+    )
+    add(
+        "tipo_served_url",
+        OptionInfo(
+            "",
+            "TIPO model served at URL (an OpenAI-compatible /v1 base such as http://127.0.0.1:8000/v1, "
+            "e.g. vLLM or llama.cpp's server; empty: load the model here)",
             section=section,
         ),
     )
