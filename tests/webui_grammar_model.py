@@ -293,10 +293,11 @@ def attention_runs(text: str) -> list[tuple[str, float]]:
     return [(run_text, weight) for run_text, weight in merged]
 
 
-def chunks_of(text: str) -> tuple[Counter, ...]:
-    """The pieces of each BREAK chunk of one step's text."""
+def chunks_of(text: str, attention=None) -> tuple[Counter, ...]:
+    """The pieces of each BREAK chunk of one step's text; ``attention`` reads (text, weight) runs as
+    ``parse_prompt_attention`` does (default: this model's)."""
     chunks: list[Counter] = [Counter()]
-    for run_text, weight in attention_runs(text):
+    for run_text, weight in (attention or attention_runs)(text):
         if run_text == "BREAK" and weight == BREAK_WEIGHT:
             chunks.append(Counter())
             continue

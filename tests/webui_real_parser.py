@@ -17,12 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 from webui_grammar_model import (
-    BREAK_WEIGHT,
     ExtraNetwork,
-    Piece,
     PromptView,
     StepView,
     SubPromptView,
+    chunks_of,
 )
 
 SOURCES_VARIABLE = "TIPO_WEBUI_SOURCES"
@@ -74,15 +73,7 @@ class RealParser:
         return False
 
     def _chunks(self, text: str) -> tuple[Counter, ...]:
-        chunks: list[Counter] = [Counter()]
-        for run_text, weight in self.module.parse_prompt_attention(text):
-            if run_text == "BREAK" and weight == BREAK_WEIGHT:
-                chunks.append(Counter())
-                continue
-            for piece in re.split(r"[,\n]", run_text):
-                if piece.strip():
-                    chunks[-1][Piece(piece.strip(), round(weight, 4))] += 1
-        return tuple(chunks)
+        return chunks_of(text, self.module.parse_prompt_attention)
 
 
 def _load(path: Path) -> types.ModuleType:

@@ -205,7 +205,8 @@ def test_settings_page_renders_and_a_changed_default_takes_effect(page, webui, s
         box.press("Enter")
         page.locator("#settings_submit").first.click()
         page.wait_for_function(
-            "() => /1 setting/i.test(document.querySelector('#settings_result')?.innerText || '')",
+            "() => /changed.*tipo_default_temperature/.test("
+            "document.querySelector('#settings_result')?.innerText || '')",
             timeout=30_000,
         )
         saved = json.loads((webui.harness.tree / "config.json").read_text(encoding="utf-8"))
