@@ -90,7 +90,6 @@ def webui(request, tmp_path_factory):
         env={"TIPO_PROBE_OUT": str(probe_out)},
     )
     running.probe_out = probe_out
-    running.flags = flags
     yield running
     real_webui.stop(built)
     _clear_tipo_config(built)

@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,7 @@ def stage_extension(target: Path) -> Path:
 class RunningWebUI:
     harness: Harness
     port: int
-    log_start: int = 0  # where this start's log begins (the log is rewritten each start)
-    calls: list[str] = field(default_factory=list)
+    probe_out: Path | None = None  # where the test-only second-pass extension writes what it saw
 
     @property
     def url(self) -> str:
@@ -109,7 +108,6 @@ class RunningWebUI:
         req = urllib.request.Request(
             self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
-        self.calls.append(f"{method} {path}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
