@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .backends.base import SamplingSettings
-from .backends.served import DEFAULT_CONTEXT_LENGTH, ServerError, ServerOptions
 from .bulk.engine import (
     BatchedExecutor,
     BulkLine,
@@ -30,7 +28,8 @@ from .bulk.engine import (
 from .bulk.job import job_key, run_to_file, run_to_stream
 from .bulk.journal import ResumeError
 from .bulk.sources import MissingExtraError, SourceRecord, read_jsonl_records, read_records
-from .lengths import Length
+from .engine.served import DEFAULT_CONTEXT_LENGTH, ServerError, ServerOptions
+from .generation import SamplingSettings
 from .pipeline import (
     DEFAULT_FORMAT,
     RequestError,
@@ -39,7 +38,8 @@ from .pipeline import (
     upsample_many,
     upsample_variants,
 )
-from .postprocess import BanTagError
+from .protocol.lengths import Length
+from .protocol.postprocess import BanTagError
 from .variants import variant_sampler
 
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--offline", action="store_true", help="never download; use what is on disk")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N; default auto")
-    model.add_argument("--dtype", default=None,
-                       help="transformers backend precision: auto (default), float32, bfloat16, float16, or "
-                            "int8 (CPU only: quantized matrices, faster decoding, slightly different output)")
+    model.add_argument(
+        "--dtype",
+        default=None,
+        help="transformers backend precision: auto (default), float32, bfloat16, float16, or "
+        "int8 (CPU only: quantized matrices, faster decoding, slightly different output)",
+    )
     model.add_argument("--list-models", action="store_true", help="list registry and local models, then exit")
 
     sampling = parser.add_argument_group(
@@ -146,36 +149,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     bulk = parser.add_argument_group("bulk jobs")
-    bulk.add_argument("--resume", action="store_true",
-                      help="continue a killed --input/--output job where its last committed line ended")
-    bulk.add_argument("--column", default=None,
-                      help="Parquet input: the column holding each request's text (default: columns named "
-                           "like the request keys)")
-    bulk.add_argument("--column-field", choices=("nl", "tags"), default="nl",
-                      help="what --column holds: nl (a caption, default) or tags")
-    bulk.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                      help="run bulk mode on Ray: no ADDRESS starts a local Ray, 'auto' or an address joins "
-                           "a cluster")
-    bulk.add_argument("--ray-actors", type=int, default=2,
-                      help="Ray actors, each holding one engine; default 2")
-    bulk.add_argument("--num-gpus", type=float, default=0.0,
-                      help="GPUs per Ray actor (local models); default 0")
+    bulk.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed --input/--output job where its last committed line ended",
+    )
+    bulk.add_argument(
+        "--column",
+        default=None,
+        help="Parquet input: the column holding each request's text (default: columns named "
+        "like the request keys)",
+    )
+    bulk.add_argument(
+        "--column-field",
+        choices=("nl", "tags"),
+        default="nl",
+        help="what --column holds: nl (a caption, default) or tags",
+    )
+    bulk.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run bulk mode on Ray: no ADDRESS starts a local Ray, 'auto' or an address joins a cluster",
+    )
+    bulk.add_argument(
+        "--ray-actors", type=int, default=2, help="Ray actors, each holding one engine; default 2"
+    )
+    bulk.add_argument(
+        "--num-gpus", type=float, default=0.0, help="GPUs per Ray actor (local models); default 0"
+    )
 
     served = parser.add_argument_group("served engine (OpenAI-compatible: vLLM, SGLang, llama.cpp, TGI)")
-    served.add_argument("--server", default=None, metavar="URL",
-                        help="generate on a server's /v1/completions, e.g. http://127.0.0.1:8000/v1; "
-                             "--model then only names the protocol and context")
-    served.add_argument("--server-model", default=None,
-                        help="the served model's name (default: the first one the server lists)")
+    served.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="generate on a server's /v1/completions, e.g. http://127.0.0.1:8000/v1; "
+        "--model then only names the protocol and context",
+    )
+    served.add_argument(
+        "--server-model",
+        default=None,
+        help="the served model's name (default: the first one the server lists)",
+    )
     served.add_argument("--concurrency", type=int, default=8, help="requests in flight at once; default 8")
     served.add_argument("--server-timeout", type=float, default=120.0, help="seconds per HTTP request")
-    served.add_argument("--server-retries", type=int, default=5,
-                        help="retries on connection errors, 429 and 5xx (exponential backoff); default 5")
-    served.add_argument("--server-context", type=int, default=None,
-                        help="the server's context length (default: what it reports, else the model's)")
-    served.add_argument("--server-tokenizer", default=None,
-                        help="tokenizer folder or tokenizer.json to count tokens locally (default: the "
-                             "--model folder's, else the server's tokenize endpoint, else an estimate)")
+    served.add_argument(
+        "--server-retries",
+        type=int,
+        default=5,
+        help="retries on connection errors, 429 and 5xx (exponential backoff); default 5",
+    )
+    served.add_argument(
+        "--server-context",
+        type=int,
+        default=None,
+        help="the server's context length (default: what it reports, else the model's)",
+    )
+    served.add_argument(
+        "--server-tokenizer",
+        default=None,
+        help="tokenizer folder or tokenizer.json to count tokens locally (default: the "
+        "--model folder's, else the server's tokenize endpoint, else an estimate)",
+    )
 
 
 def request_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> UpsampleRequest:
@@ -206,7 +244,7 @@ def sampling_from_args(args: argparse.Namespace, spec=None) -> SamplingSettings 
     overrides = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
     if not overrides:
         return None
-    from .dtg import DTG_SAMPLING
+    from .protocol.dtg import DTG_SAMPLING
 
     base = DTG_SAMPLING if spec is not None and spec.protocol == "dtg" else SamplingSettings()
     return replace(base, **overrides)
@@ -237,8 +275,8 @@ _model_spec = model_spec_for
 
 
 def list_models(args: argparse.Namespace, out: TextIO) -> int:
-    from .model_store import ModelStore
-    from .registry import MODELS
+    from .models.registry import MODELS
+    from .models.store import ModelStore
 
     store = ModelStore(args.models_dir, offline=args.offline or None)
     local = {item.label: item for item in store.list_local()}
@@ -304,8 +342,11 @@ def engine_from_args(args: argparse.Namespace) -> EngineSpec:
             tokenizer = str(Path(args.model).expanduser())
         spec = _model_spec(args.model)
         server = ServerOptions(
-            base_url=args.server, model=args.server_model, timeout_s=args.server_timeout,
-            retries=args.server_retries, tokenizer=tokenizer,
+            base_url=args.server,
+            model=args.server_model,
+            timeout_s=args.server_timeout,
+            retries=args.server_retries,
+            tokenizer=tokenizer,
             context_length=args.server_context,
             default_context_length=spec.context_length if spec is not None else DEFAULT_CONTEXT_LENGTH,
         )
@@ -332,10 +373,26 @@ def generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 VARIANT_SEPARATOR = "\n---\n"
 # Flags that change how fast or where a job runs, never what it writes: a resume may change them.
-NOT_IN_JOB_KEY = frozenset({
-    "resume", "input", "output", "concurrency", "ray", "ray_actors", "num_gpus", "server", "server_timeout",
-    "server_retries", "json", "dry_run", "list_models", "models_dir", "offline", "device",
-})
+NOT_IN_JOB_KEY = frozenset(
+    {
+        "resume",
+        "input",
+        "output",
+        "concurrency",
+        "ray",
+        "ray_actors",
+        "num_gpus",
+        "server",
+        "server_timeout",
+        "server_retries",
+        "json",
+        "dry_run",
+        "list_models",
+        "models_dir",
+        "offline",
+        "device",
+    }
+)
 
 
 def _bulk_executor(args: argparse.Namespace, sampling: SamplingSettings | None):
@@ -392,9 +449,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 
 def _report_model_failure(exc: Exception, args: argparse.Namespace, err: TextIO) -> int:
-    from .backends.llamacpp import LlamaCppUnavailableError
-    from .backends.loader import ModelLoadError
-    from .model_store import ModelStoreError
+    from .engine.llamacpp import LlamaCppUnavailableError
+    from .models.loader import ModelLoadError
+    from .models.store import ModelStoreError
 
     if not isinstance(exc, (ModelStoreError, ModelLoadError, LlamaCppUnavailableError, OSError)):
         raise exc

@@ -1,8 +1,8 @@
 """The upsampling pipeline: a request in, the generation steps against a backend, the final prompt out.
 
-Backend-agnostic: it talks to any :class:`kgen.backends.base.Backend`. For TIPO it runs the planned
-tasks (``kgen.tipo.plan_tasks``) in order, each one retried until its length target is met, each
-task's result feeding the next; for DanTagGen models it runs ``kgen.dtg.generate_tags``.
+Backend-agnostic: it talks to any :class:`kgen.generation.Backend`. For TIPO it runs the planned
+tasks (``kgen.protocol.tipo.plan_tasks``) in order, each one retried until its length target is met, each
+task's result feeding the next; for DanTagGen models it runs ``kgen.protocol.dtg.generate_tags``.
 
 Guarantees (tested in tests/test_pipeline.py and tests/test_properties.py):
 
@@ -31,11 +31,11 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import dtg, formats, tipo
-from .backends.base import AttemptTotals, Backend, Completion, SamplingSettings
-from .formats import PromptFields
-from .lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
-from .postprocess import (
+from .generation import AttemptTotals, Backend, Completion, SamplingSettings
+from .protocol import dtg, formats, tipo
+from .protocol.formats import PromptFields
+from .protocol.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
+from .protocol.postprocess import (
     BanList,
     join_sentences,
     merge_sentences,
@@ -44,7 +44,7 @@ from .postprocess import (
     split_tags,
     tag_key,
 )
-from .tags import TagCategory, TagMap, classify, classify_tag
+from .protocol.tags import TagCategory, TagMap, classify, classify_tag
 
 DEFAULT_FORMAT = formats.DEFAULT_FORMAT
 SEED_LIMIT = 2**32  # backends get seeds in [0, 2**32)
@@ -85,7 +85,8 @@ class UpsampleRequest:
     ``tags``: a comma-separated string or a list. ``nl``: the natural-language caption. Lengths accept
     ``Length`` or text (``"very short"``, ``"very_short"``). ``seed`` None or negative draws a random
     seed (reported in the result). ``ban_tags``: comma-separated string or list of ban rules (plain
-    text or regex, see ``kgen.postprocess``). ``format``: a preset name of ``kgen.formats`` or a
+    text or regex, see ``kgen.protocol.postprocess``). ``format``: a preset name of
+    ``kgen.protocol.formats`` or a
     template with ``<|general|>``-style placeholders. ``extra_nl``: also generate a caption from the
     tags; None decides from the format like the reference extension (the format shows
     ``<|generated|>``, or ``<|extended|>`` without a user caption). ``no_formatting``: the final prompt
@@ -266,12 +267,12 @@ def _protocol(model: Any) -> str:
         return "tipo"
     protocol = getattr(model, "protocol", None)
     if protocol not in ("tipo", "tipo2", "dtg"):
-        raise RequestError(f"model must be a kgen.registry.ModelSpec or None, not {model!r}")
+        raise RequestError(f"model must be a kgen.models.registry.ModelSpec or None, not {model!r}")
     return protocol
 
 
 def _tipo_dialect(model: Any) -> tipo.TipoDialect:
-    """The prompt dialect ``kgen.tipo`` should use for a model spec (TIPO v1 without one)."""
+    """The prompt dialect ``kgen.protocol.tipo`` should use for a model spec (TIPO v1 without one)."""
     dialect = getattr(model, "dialect", None)
     if isinstance(dialect, tipo.TipoDialect):
         return dialect
@@ -466,9 +467,9 @@ class _TipoRun:
 
     # -- one attempt -----------------------------------------------------------------------------
 
-    def absorb(self, task: tipo.TipoTask, prompt: str, completion: Completion, fresh_best: bool) -> tuple[
-        tuple[str, ...], tuple[str, ...], bool
-    ]:
+    def absorb(
+        self, task: tipo.TipoTask, prompt: str, completion: Completion, fresh_best: bool
+    ) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
         """Merge an attempt's content into the state. Returns (added tags, added sentences, rejected)."""
         request, state = self.request, self.state
         # A completion that reached an end token ended on its own, whatever the backend reports.
@@ -648,9 +649,10 @@ def _tipo_steps(
 def _dtg_steps(
     request: UpsampleRequest, backend: Backend, model: Any, sampling: SamplingSettings, policy: RetryPolicy
 ) -> Generator[GenerationCall, Completion, UpsampleResult]:
-    """DanTagGen: ``kgen.dtg.generate_tags`` runs the loop; its first generation step is yielded (so a
+    """DanTagGen: ``kgen.protocol.dtg.generate_tags`` runs the loop; its first generation step is
+    yielded (so a
     batch sends it together with the other requests' first steps) and handed back to the loop."""
-    del policy  # the DanTagGen loop keeps its own bounds (kgen.dtg)
+    del policy  # the DanTagGen loop keeps its own bounds (kgen.protocol.dtg)
     started = time.perf_counter()
     user_tags = classify(request.tag_list)
     aspect_ratio = request.aspect_ratio or 1.0
@@ -842,7 +844,8 @@ def upsample(
     sampling: SamplingSettings | None = None,
     policy: RetryPolicy | None = None,
 ) -> UpsampleResult:
-    """Run one request against ``backend``. ``model`` is the ``kgen.registry.ModelSpec`` (None: TIPO v1);
+    """Run one request against ``backend``. ``model`` is the
+    ``kgen.models.registry.ModelSpec`` (None: TIPO v1);
     ``sampling`` None uses the protocol's defaults."""
     steps = _steps(request, backend, model, sampling, policy or RetryPolicy())
     try:

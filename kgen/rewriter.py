@@ -5,7 +5,7 @@ and writes back what comes out; everything between lives here: the user's prompt
 and caption go to the pipeline as an :class:`UpsampleRequest`, the new content is put back in place, and each
 result is cached per (prompt, settings, seed, aspect ratio). With "different prompt per image", images that
 share one prompt are rewritten by ONE variants pass (TGTS on a transformers model) instead of one pipeline
-each. Pure Python at import time: models are loaded through ``kgen.backends.loader`` only when needed.
+each. Pure Python at import time: models are loaded through ``kgen.models.loader`` only when needed.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import formats, pipeline
-from . import prompt_syntax as syntax
-from .backends.base import Backend, SamplingSettings
-from .backends.served import DEFAULT_CONTEXT_LENGTH, ServedBackend, ServerOptions
+from . import pipeline
+from .engine.served import DEFAULT_CONTEXT_LENGTH, ServedBackend, ServerOptions
+from .generation import Backend, SamplingSettings
 from .pipeline import VariantSampler
+from .protocol import formats
+from .protocol import prompt_syntax as syntax
+from .protocol.tags import tag_key
 from .settings import CUSTOM_FORMAT, SEED_MAX, TipoSettings
-from .tags import tag_key
 from .variants import variant_sampler
 
 
@@ -126,7 +127,7 @@ class BackendConfig:
 
     models_dir: Path
     offline: bool = False
-    memory: str = "offload"  # keep | offload | unload (kgen.backends.loader.MemoryPolicy)
+    memory: str = "offload"  # keep | offload | unload (kgen.models.loader.MemoryPolicy)
     default_device: str = "auto"  # what a device control of "auto" stands for
     cpu_precision: str = "auto"  # "int8": quantized transformers decoding on the CPU (opt-in, faster)
     served_url: str = ""  # an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) generates instead
@@ -138,7 +139,7 @@ def device_for(control: str, default: str) -> str:
 
 
 class LoaderBackends:
-    """Backends through ``kgen.backends.loader.BackendCache`` (one model in memory at a time). ``config`` is
+    """Backends through ``kgen.models.loader.BackendCache`` (one model in memory at a time). ``config`` is
     read on every session, so changed settings take effect without a restart."""
 
     def __init__(
@@ -148,21 +149,21 @@ class LoaderBackends:
         served: Callable[[ServerOptions], Backend] | None = None,
     ):
         self.config = config
-        self.builder = builder  # kgen.backends.loader.build_backend unless given (tests)
+        self.builder = builder  # kgen.models.loader.build_backend unless given (tests)
         self.served_factory = served or ServedBackend
         self.served: Backend | None = None  # the backend of served_url, kept while the setting stays
         self.served_key: tuple[str, int] | None = None
         self.cache = None
 
     def store(self, config: BackendConfig | None = None):
-        from .model_store import ModelStore
+        from .models.store import ModelStore
 
         config = config or self.config()
         return ModelStore(config.models_dir, offline=config.offline)
 
     @contextmanager
     def session(self, settings: TipoSettings) -> Iterator[tuple[Backend, Any]]:
-        from .backends import loader
+        from .models import loader
 
         config = self.config()
         store = self.store(config)
@@ -180,7 +181,8 @@ class LoaderBackends:
             custom = {} if self.builder is None else {"builder": self.builder}
             self.cache = loader.BackendCache(store, **custom)
         options = loader.LoadOptions(
-            device=device_for(settings.device, config.default_device), memory=config.memory or "offload",
+            device=device_for(settings.device, config.default_device),
+            memory=config.memory or "offload",
             dtype="int8" if config.cpu_precision == "int8" else None,
         )
         with self.cache.session(ref, options) as backend:

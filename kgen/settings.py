@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-from .lengths import Length
+from .protocol.lengths import Length
 
 SCHEMA_VERSION = 1
 SEED_MAX = 2**31 - 1
@@ -287,7 +287,7 @@ def _format_name(problem: str, value: str) -> str:
     if value.strip().lower() == CUSTOM_FORMAT:
         return CUSTOM_FORMAT
     try:
-        from .formats import FORMAT_PRESETS, find_preset
+        from .protocol.formats import FORMAT_PRESETS, find_preset
     except ImportError:  # engine not complete: accept the name as given
         return value
     preset = find_preset(value)
@@ -324,7 +324,7 @@ def _choice(problem: str, value: str, choices: tuple[str, ...] | None, normalize
 
 def _check_ban_tags(text: str) -> None:
     try:
-        from .postprocess import BanList
+        from .protocol.postprocess import BanList
     except ImportError:  # engine not complete: fall back to a plain regex check
         import re
 

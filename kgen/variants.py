@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backends.base import Backend, Completion, SamplingSettings
+from .generation import Backend, Completion, SamplingSettings
 from .pipeline import VariantSampler, independent_variants
 
 DEFAULT_POLICY = "rw-mcts"
@@ -15,7 +15,7 @@ def supports_tgts(backend: Backend) -> bool:
 
 def model_backend(backend: Backend) -> Backend:
     """The model's own backend behind the loader's ``ManagedBackend`` (other backends: themselves)."""
-    from .backends.loader import ManagedBackend
+    from .models.loader import ManagedBackend
 
     return backend.backend if isinstance(backend, ManagedBackend) else backend
 
@@ -25,7 +25,7 @@ def variant_sampler(backend: Backend, policy: str = DEFAULT_POLICY) -> VariantSa
     model = model_backend(backend)
     if not supports_tgts(model):
         return independent_variants(backend)
-    from .tgts import sample_variants  # needs torch: imported only when a tree is grown
+    from .engine.tgts import sample_variants  # needs torch: imported only when a tree is grown
 
     def sample(prompt: str, n: int, settings: SamplingSettings, seed: int) -> list[Completion]:
         return sample_variants(model, prompt, n, settings, seed, policy=policy).completions()

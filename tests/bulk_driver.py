@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kgen import cli
-from kgen.backends.replay import ReplayBackend
+from kgen.engine.replay import ReplayBackend
 
 DELAY = float(os.environ.get("KGEN_TEST_DELAY", "0.002"))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kgen.backends.replay import ReplayBackend
 from kgen.bulk.engine import BulkLine, ChunkResult, EngineSpec, RunSettings
 from kgen.bulk.ray_runner import ChunkWorker
+from kgen.engine.replay import ReplayBackend
 
 CRASH_FLAG = "KGEN_TEST_CRASH_FLAG"  # a file: the first worker to reach CRASH_AT_LINE creates it and dies
 CRASH_AT_LINE = 96

@@ -16,8 +16,8 @@ import pytest
 from optional import require
 
 from kgen import cli
-from kgen.backends.replay import ReplayBackend
 from kgen.bulk.journal import OutputJournal, Progress, ResumeError, progress_path_for
+from kgen.engine.replay import ReplayBackend
 
 DRIVER = Path(__file__).resolve().parent / "bulk_driver.py"
 

@@ -13,10 +13,10 @@ from optional import require
 from ray_workers import CRASH_FLAG, DiesOnceWorker, ScriptedWorker, seeded_tags
 
 from kgen import cli
-from kgen.backends.replay import ReplayBackend
 from kgen.bulk.engine import BatchedExecutor, EngineSpec, RunSettings
 from kgen.bulk.job import run_to_file
 from kgen.bulk.ray_runner import RayExecutor, RayOptions
+from kgen.engine.replay import ReplayBackend
 
 TESTS_DIR = Path(__file__).resolve().parent
 LINES = 200

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kgen import cli
-from kgen.backends.replay import ReplayBackend
+from kgen.engine.replay import ReplayBackend
+from kgen.models.registry import find_model
 from kgen.pipeline import UpsampleRequest, first_model_input
-from kgen.registry import find_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,7 +159,7 @@ def test_sampling_defaults_follow_the_models_protocol():
     args = cli.build_parser().parse_args(["x"])
     assert cli.sampling_from_args(args, find_model("DanTagGen-delta-rev2")) is None
     args = cli.build_parser().parse_args(["x", "--top-k", "5"])
-    from kgen.dtg import DTG_SAMPLING
+    from kgen.protocol.dtg import DTG_SAMPLING
 
     dtg = cli.sampling_from_args(args, find_model("DanTagGen-delta-rev2"))
     assert dtg.top_k == 5 and dtg.temperature == DTG_SAMPLING.temperature

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kgen import dtg, tipo
-from kgen.backends.base import Completion
-from kgen.backends.replay import ReplayBackend
+from kgen.engine.replay import ReplayBackend
+from kgen.generation import Completion
+from kgen.models.registry import find_model
 from kgen.pipeline import RetryPolicy, UpsampleRequest, first_model_input, upsample
-from kgen.registry import find_model
+from kgen.protocol import dtg, tipo
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 EXPECTATIONS = json.loads((CORPUS / "expectations.json").read_text(encoding="utf-8"))

@@ -7,10 +7,10 @@ from test_hf_backend import PROMPTS as ALL_PROMPTS
 from test_hf_backend import reference_greedy
 from tiny_models import build_tiny_llama
 
-from kgen.backends import decode_loop
-from kgen.backends.base import SamplingSettings
-from kgen.backends.hf import DTypePolicy, HFBackend
-from kgen.backends.loader import BackendCache, LoadedModel, LoadOptions, MemoryPolicy
+from kgen.engine import decode_loop
+from kgen.engine.hf import DTypePolicy, HFBackend
+from kgen.generation import SamplingSettings
+from kgen.models.loader import BackendCache, LoadedModel, LoadOptions, MemoryPolicy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to PyTorch")
 
@@ -33,8 +33,12 @@ def test_float32_greedy_equals_model_generate_on_the_gpu(model, tokenizer, runne
     backend = HFBackend(gpu_model, tokenizer, device="cuda", dtype="float32", runner=runner)
     for prompt in PROMPTS[:3]:  # batches of one
         ids = backend.encode(prompt)
-        ref = reference_greedy(gpu_model, torch.tensor([ids], device="cuda"),
-                               torch.ones(1, len(ids), dtype=torch.long, device="cuda"), GREEDY)
+        ref = reference_greedy(
+            gpu_model,
+            torch.tensor([ids], device="cuda"),
+            torch.ones(1, len(ids), dtype=torch.long, device="cuda"),
+            GREEDY,
+        )
         assert backend.generate_ids([ids], GREEDY, [0]) == ref
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True).to("cuda")
     ref = reference_greedy(gpu_model, enc.input_ids, enc.attention_mask, GREEDY)
@@ -55,8 +59,7 @@ def test_gpu_sampling_is_reproducible_and_seeded(model, tokenizer):
 
 def test_float32_batch_equals_single_runs_on_the_gpu(model, tokenizer):
     batched = HFBackend(model, tokenizer, device="cuda", dtype="float32", reuse_prefix=False)
-    single = HFBackend(model, tokenizer, device="cuda", dtype="float32", max_batch_size=1,
-                       reuse_prefix=False)
+    single = HFBackend(model, tokenizer, device="cuda", dtype="float32", max_batch_size=1, reuse_prefix=False)
     seeds = list(range(100, 105))
     together = batched.generate(PROMPTS, SAMPLED, seeds)
     alone = single.generate(PROMPTS, SAMPLED, seeds)
@@ -95,8 +98,12 @@ def test_moving_between_gpu_and_cpu_frees_vram_and_keeps_results(tmp_path, model
 @pytest.mark.parametrize("memory", [MemoryPolicy.OFFLOAD, MemoryPolicy.UNLOAD])
 def test_memory_policy_returns_the_vram_after_each_request(tmp_path, model, tokenizer, memory):
     def builder(ref, store, options):
-        backend = HFBackend(build_tiny_llama(vocab_size=len(tokenizer), seed=0), tokenizer,
-                            device=options.device, keep_model=False)
+        backend = HFBackend(
+            build_tiny_llama(vocab_size=len(tokenizer), seed=0),
+            tokenizer,
+            device=options.device,
+            keep_model=False,
+        )
         return LoadedModel(backend, ref, options.device)
 
     cache = BackendCache(store=None, builder=builder)  # type: ignore[arg-type]
@@ -118,8 +125,10 @@ def test_policy_for_cuda_never_packs_for_onednn():
     assert not policy.pack and policy.decode_matrices is None
 
 
-@pytest.mark.skipif(decode_loop.compile_decode_layers() is None,
-                    reason="TorchScript cannot compile the decode loop with this PyTorch")
+@pytest.mark.skipif(
+    decode_loop.compile_decode_layers() is None,
+    reason="TorchScript cannot compile the decode loop with this PyTorch",
+)
 def test_compiled_decode_loop_computes_the_python_loop_s_bits_on_the_gpu(model, tokenizer):
     backend = HFBackend(model, tokenizer, device="cuda")
     plain = HFBackend(model, tokenizer, device="cuda")

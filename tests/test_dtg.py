@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kgen.backends.base import SamplingSettings
-from kgen.backends.replay import replay
-from kgen.dtg import (
+from kgen.engine.replay import replay
+from kgen.generation import SamplingSettings
+from kgen.protocol.dtg import (
     DTG_SAMPLING,
     INPUT_END,
     PromptTooLongError,
@@ -21,9 +21,9 @@ from kgen.dtg import (
     generate_tags,
     parse_completion,
 )
-from kgen.lengths import DTG_TAG_TARGET, Length
-from kgen.postprocess import BanTagError
-from kgen.tags import TagMap
+from kgen.protocol.lengths import DTG_TAG_TARGET, Length
+from kgen.protocol.postprocess import BanTagError
+from kgen.protocol.tags import TagMap
 
 
 def user_tags(**fields) -> TagMap:
@@ -278,22 +278,31 @@ def test_loop_bounds_must_be_positive(option):
 
 
 def test_protocol_modules_do_not_import_torch():
-    code = "import sys, kgen.dtg, kgen.registry, kgen.dialects; print('torch' in sys.modules)"
+    code = (
+        "import sys, kgen.protocol.dtg, kgen.models.registry, kgen.protocol.dialects;"
+        " print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 completion_text = st.lists(
-    st.one_of(st.text(max_size=30), st.sampled_from(
-        [", ", ",", "\n", "</s>", "<s>", "<|input_end|>", "<|empty|>", "<|long|>", "rating: safe", "  "]
-    )),
+    st.one_of(
+        st.text(max_size=30),
+        st.sampled_from(
+            [", ", ",", "\n", "</s>", "<s>", "<|input_end|>", "<|empty|>", "<|long|>", "rating: safe", "  "]
+        ),
+    ),
     max_size=12,
 ).map("".join)
 
 
 @settings(max_examples=150, deadline=None)
-@given(completions=st.lists(completion_text, min_size=1, max_size=4),
-       unfinished=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    completions=st.lists(completion_text, min_size=1, max_size=4),
+    unfinished=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_any_completion_is_handled_and_only_clean_tags_are_fed_back(completions, unfinished, seed):
     tags = user_tags()
     limit = SamplingSettings(max_new_tokens=5 if unfinished else 256)  # replay cuts at the limit
@@ -306,6 +315,6 @@ def test_any_completion_is_handled_and_only_clean_tags_are_fed_back(completions,
         assert tag.lower() not in user_keys
     for prompt in backend.prompts:
         assert prompt.startswith(base)
-        fed = prompt[len(base):]
+        fed = prompt[len(base) :]
         assert "\n" not in fed and "<|" not in fed and "</s>" not in fed
     assert len(backend.prompts) == len(result.attempts) <= 4

@@ -15,27 +15,91 @@ from pathlib import Path
 import pytest
 from oracle import TARGET_DIR, reference_or_skip
 
-from kgen.backends.replay import replay
-from kgen.dtg import DEFAULT_QUALITY, build_prompt, generate_tags
-from kgen.lengths import Length
-from kgen.registry import find_model
-from kgen.tags import TagCategory, TagMap, classify
+from kgen.engine.replay import replay
+from kgen.models.registry import find_model
+from kgen.protocol.dtg import DEFAULT_QUALITY, build_prompt, generate_tags
+from kgen.protocol.lengths import Length
+from kgen.protocol.tags import TagCategory, TagMap, classify
 
 pytestmark = pytest.mark.oracle
 
-DTG_MODELS = ["DanTagGen-delta-rev2", "DanTagGen-delta", "DanTagGen-gamma", "DanTagGen-beta",
-              "DanTagGen-alpha"]
+DTG_MODELS = [
+    "DanTagGen-delta-rev2",
+    "DanTagGen-delta",
+    "DanTagGen-gamma",
+    "DanTagGen-beta",
+    "DanTagGen-alpha",
+]
 SPECIAL = ["1girl", "2girls", "3girls", "6+girls", "multiple girls", "1boy", "2boys", "male focus", "1other"]
 RATING = ["safe", "general", "sfw", "sensitive", "nsfw", "explicit"]
-QUALITY = ["masterpiece", "best quality", "great quality", "good quality", "normal quality", "low quality",
-           "very aesthetic", "aesthetic", "newest", "recent", "mid", "early", "old", "score_9"]
+QUALITY = [
+    "masterpiece",
+    "best quality",
+    "great quality",
+    "good quality",
+    "normal quality",
+    "low quality",
+    "very aesthetic",
+    "aesthetic",
+    "newest",
+    "recent",
+    "mid",
+    "early",
+    "old",
+    "score_9",
+]
 GENERAL = [
-    "solo", "long hair", "short hair", "smile", "open mouth", "blue eyes", "red eyes", "blonde hair",
-    "black hair", "looking at viewer", "skirt", "thighhighs", "hat", "dress", "school uniform", "sitting",
-    "standing", "outdoors", "sky", "cloud", "tree", "flower", "holding", "upper body", "full body",
-    "hair ornament", "ribbon", "gloves", "jacket", "shirt", "white background", "simple background", "day",
-    "night", "water", "animal ears", "cat ears", "tail", "wings", "weapon", "sword", "twintails",
-    "ponytail", "bangs", "closed eyes", "blush", "heart", "star (symbol)", ":d", "^_^", "o_o",
+    "solo",
+    "long hair",
+    "short hair",
+    "smile",
+    "open mouth",
+    "blue eyes",
+    "red eyes",
+    "blonde hair",
+    "black hair",
+    "looking at viewer",
+    "skirt",
+    "thighhighs",
+    "hat",
+    "dress",
+    "school uniform",
+    "sitting",
+    "standing",
+    "outdoors",
+    "sky",
+    "cloud",
+    "tree",
+    "flower",
+    "holding",
+    "upper body",
+    "full body",
+    "hair ornament",
+    "ribbon",
+    "gloves",
+    "jacket",
+    "shirt",
+    "white background",
+    "simple background",
+    "day",
+    "night",
+    "water",
+    "animal ears",
+    "cat ears",
+    "tail",
+    "wings",
+    "weapon",
+    "sword",
+    "twintails",
+    "ponytail",
+    "bangs",
+    "closed eyes",
+    "blush",
+    "heart",
+    "star (symbol)",
+    ":d",
+    "^_^",
+    "o_o",
     "1990s (style)",
 ]
 WEBUI_SIZES = [512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1216, 1344, 1536, 2048]
@@ -44,8 +108,11 @@ WEBUI_SIZES = [512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1216, 1344, 1
 @lru_cache(maxsize=1)
 def _category_lists() -> dict[str, list[str]]:
     """Artist / character / copyright names from the reference's lists (fallback: a few examples)."""
-    lists = {"artist": ["wlop", "ask (askzy)"], "characters": ["hatsune miku", "hakurei reimu"],
-             "copyrights": ["vocaloid", "touhou"]}
+    lists = {
+        "artist": ["wlop", "ask (askzy)"],
+        "characters": ["hatsune miku", "hakurei reimu"],
+        "copyrights": ["vocaloid", "touhou"],
+    }
     folder = Path(TARGET_DIR) / "kgen" / "tag-list"
     for name in lists:
         path = folder / f"{name}.txt"
@@ -138,7 +205,7 @@ def test_dtg_model_inputs_match_reference():
     assert not mismatches, f"{len(mismatches)} of {len(prompt_cases)} differ; first: {mismatches[0]}"
 
     # Documented difference: an empty quality list gives "quality: " there, masterpiece here.
-    for case, ref in zip(quality_gap_cases, result["prompts"][len(prompt_cases):], strict=True):
+    for case, ref in zip(quality_gap_cases, result["prompts"][len(prompt_cases) :], strict=True):
         ours = _ours(case)
         if find_model(case["model"]).has_quality:
             assert ref.startswith("quality: \n") and ours.startswith("quality: masterpiece\n")
@@ -149,9 +216,15 @@ def test_dtg_model_inputs_match_reference():
     two_rounds = 0
     for case, ref_prompts in zip(loop_cases, result["loops"], strict=True):
         backend = replay([case["completion"], ", unused tag"], context_length=2048)
-        generate_tags(backend, TagMap(**case["tag_map"]), length=case["target"],
-                      aspect_ratio=case["aspect_ratio"], seed=case["seed"],
-                      with_quality=find_model(case["model"]).has_quality, max_attempts=2)
+        generate_tags(
+            backend,
+            TagMap(**case["tag_map"]),
+            length=case["target"],
+            aspect_ratio=case["aspect_ratio"],
+            seed=case["seed"],
+            with_quality=find_model(case["model"]).has_quality,
+            max_attempts=2,
+        )
         assert backend.prompts == ref_prompts, case
         two_rounds += len(ref_prompts) == 2
     assert two_rounds > len(loop_cases) // 2  # most cases exercise the feed-back round

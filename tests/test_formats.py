@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kgen.formats import (
+from kgen.protocol.formats import (
     DEFAULT_FORMAT,
     FORMAT_PRESETS,
     TAG_PLACEHOLDERS,
@@ -19,23 +19,43 @@ from kgen.formats import (
     placeholders,
     resolve_template,
 )
-from kgen.tags import classify
+from kgen.protocol.tags import classify
 
 FULL = PromptFields(
-    special=["1girl"], characters=["hatsune miku"], copyrights=["vocaloid"], artist=["wlop"],
-    general=["long hair", "smile"], meta=["absurdres"], quality=["masterpiece"], rating=["safe"],
-    extended="A girl sings on a stage", generated="Lights shine on her",
+    special=["1girl"],
+    characters=["hatsune miku"],
+    copyrights=["vocaloid"],
+    artist=["wlop"],
+    general=["long hair", "smile"],
+    meta=["absurdres"],
+    quality=["masterpiece"],
+    rating=["safe"],
+    extended="A girl sings on a stage",
+    generated="Lights shine on her",
 )
 
 
 def test_presets():
     assert list(FORMAT_PRESETS) == [
-        "tag only (DTG mode)", "NL only (Tag to NL)", "Both, tag first (recommend)",
-        "Both, NL first (recommend)", "Both + generated NL"]
+        "tag only (DTG mode)",
+        "NL only (Tag to NL)",
+        "Both, tag first (recommend)",
+        "Both, NL first (recommend)",
+        "Both + generated NL",
+    ]
     assert DEFAULT_FORMAT in FORMAT_PRESETS
     assert placeholders(FORMAT_PRESETS["Both + generated NL"]) == [
-        "special", "characters", "copyrights", "artist", "generated", "general", "extended", "quality",
-        "meta", "rating"]
+        "special",
+        "characters",
+        "copyrights",
+        "artist",
+        "generated",
+        "general",
+        "extended",
+        "quality",
+        "meta",
+        "rating",
+    ]
 
 
 def test_both_tag_first_with_every_field():
@@ -44,7 +64,8 @@ def test_both_tag_first_with_every_field():
         "masterpiece, absurdres, safe"
     )
     assert apply_format(FULL, FORMAT_PRESETS["Both, NL first (recommend)"]).index("A girl") < apply_format(
-        FULL, FORMAT_PRESETS["Both, NL first (recommend)"]).index("long hair")
+        FULL, FORMAT_PRESETS["Both, NL first (recommend)"]
+    ).index("long hair")
     assert apply_format(FULL, FORMAT_PRESETS["NL only (Tag to NL)"]) == "A girl sings on a stage."
     assert "Lights shine on her.\n\nlong hair" in apply_format(FULL, FORMAT_PRESETS["Both + generated NL"])
     assert "A girl" not in apply_format(FULL, FORMAT_PRESETS["tag only (DTG mode)"])
@@ -84,7 +105,8 @@ def test_values_are_not_read_as_placeholders():
 
 def test_text_outside_placeholders_is_kept():
     assert apply_format(PromptFields(general=["smile"]), "score_9, <|general|>, BREAK, extra") == (
-        "score_9, smile, BREAK, extra")
+        "score_9, smile, BREAK, extra"
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -95,8 +117,9 @@ def test_text_outside_placeholders_is_kept():
     preset=st.sampled_from(list(FORMAT_PRESETS)),
 )
 def test_presets_never_leave_dangling_separators(present, extended, generated, preset):
-    fields = PromptFields(**{name: [f"{name} tag"] for name in present}, extended=extended,
-                          generated=generated)
+    fields = PromptFields(
+        **{name: [f"{name} tag"] for name in present}, extended=extended, generated=generated
+    )
     text = apply_format(fields, FORMAT_PRESETS[preset])
     assert text == text.strip().strip(",")
     assert not re.search(r",\s*,|\.\s*\.|\n\n\n|[ \t]\n|\n[ \t]|  ", text)

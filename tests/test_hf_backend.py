@@ -4,9 +4,8 @@ import pytest
 import torch
 from tiny_models import TIPO_LIKE_PROMPT
 
-from kgen.backends import decode_loop
-from kgen.backends.base import Backend, SamplingSettings
-from kgen.backends.hf import (
+from kgen.engine import decode_loop
+from kgen.engine.hf import (
     Batch,
     DTypePolicy,
     FbgemmMatrix,
@@ -16,6 +15,7 @@ from kgen.backends.hf import (
     packed_linear_available,
     policy_for,
 )
+from kgen.generation import Backend, SamplingSettings
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24, stop_on_eos=False)
 GREEDY_TO_EOS = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -40,10 +40,15 @@ def backend(model, tokenizer):
 
 def reference_greedy(model, input_ids, attention_mask, settings):
     """``model.generate`` greedy continuations, each cut after its first EOS."""
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                         max_new_tokens=settings.max_new_tokens,
-                         repetition_penalty=settings.repetition_penalty, pad_token_id=EOS)
-    rows = out[:, input_ids.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=False,
+        max_new_tokens=settings.max_new_tokens,
+        repetition_penalty=settings.repetition_penalty,
+        pad_token_id=EOS,
+    )
+    rows = out[:, input_ids.shape[1] :].tolist()
     return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows]
 
 
@@ -153,15 +158,31 @@ def test_new_tokens_are_capped_by_context(model, tokenizer):
     assert out.completion_tokens == 512 - n
 
 
-@pytest.mark.parametrize("policy", [
-    DTypePolicy.uniform(torch.bfloat16),
-    DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
-    DTypePolicy(prefill=torch.bfloat16, decode=torch.float32, batch_decode=torch.bfloat16,
-                cache=torch.float32, decode_matrices="float16"),
-    DTypePolicy(torch.float32, torch.float32, torch.float32, decode_matrices="float16"),  # CPUs without bf16
-    DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
-], ids=["bf16", "bf16-prefill-fp16-decode", "bf16-prefill-fbgemm-fp16-decode", "fp32-fbgemm-fp16-decode",
-        "auto"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        DTypePolicy.uniform(torch.bfloat16),
+        DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16),
+        DTypePolicy(
+            prefill=torch.bfloat16,
+            decode=torch.float32,
+            batch_decode=torch.bfloat16,
+            cache=torch.float32,
+            decode_matrices="float16",
+        ),
+        DTypePolicy(
+            torch.float32, torch.float32, torch.float32, decode_matrices="float16"
+        ),  # CPUs without bf16
+        DTypePolicy.for_device(torch.device("cpu")),  # what this machine gets by default
+    ],
+    ids=[
+        "bf16",
+        "bf16-prefill-fp16-decode",
+        "bf16-prefill-fbgemm-fp16-decode",
+        "fp32-fbgemm-fp16-decode",
+        "auto",
+    ],
+)
 def test_reduced_precision_policies_run(model, tokenizer, policy):
     backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
     backend.runner.policy = policy
@@ -244,8 +265,10 @@ def test_int8_is_a_cpu_option():
         policy_for(torch.device("cuda"), "int8")
 
 
-@pytest.mark.skipif(decode_loop.compile_decode_layers() is None,
-                    reason="TorchScript cannot compile the decode loop with this PyTorch")
+@pytest.mark.skipif(
+    decode_loop.compile_decode_layers() is None,
+    reason="TorchScript cannot compile the decode loop with this PyTorch",
+)
 @pytest.mark.parametrize("dtype", ["float32", None, "int8"], ids=["fp32", "auto", "int8"])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_compiled_decode_loop_computes_the_python_loop_s_bits(model, tokenizer, dtype, rows):
@@ -265,8 +288,9 @@ def test_compiled_decode_loop_computes_the_python_loop_s_bits(model, tokenizer, 
     assert torch.equal(*logits)
     tokens = logits[0].argmax(-1)
     for slot in range(batch.width, batch.capacity - 1):
-        logits = [runner.decode(batch, cache, tokens, slot)
-                  for runner, cache in zip(runners, caches, strict=True)]
+        logits = [
+            runner.decode(batch, cache, tokens, slot) for runner, cache in zip(runners, caches, strict=True)
+        ]
         assert torch.equal(*logits), slot
         assert torch.equal(caches[0].keys[-1][:, :, : slot + 1], caches[1].keys[-1][:, :, : slot + 1])
         tokens = logits[0].argmax(-1)

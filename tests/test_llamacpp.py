@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_models import BOS_ID, EOS_ID, TIPO_LIKE_PROMPT
 
-from kgen.backends.base import Backend, SamplingSettings
-from kgen.backends.llamacpp import LlamaCppUnavailableError, import_llama_cpp, llama_cpp_available
+from kgen.engine.llamacpp import LlamaCppUnavailableError, import_llama_cpp, llama_cpp_available
+from kgen.generation import Backend, SamplingSettings
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24, stop_on_eos=True)
 PROMPTS = (
@@ -54,7 +54,7 @@ def test_kgen_imports_without_llama_cpp(tmp_path):
 
     code = (
         "import sys; sys.modules['llama_cpp'] = None\n"
-        "import kgen, kgen.backends.llamacpp, kgen.backends.loader, kgen.model_store\n"
+        "import kgen, kgen.engine.llamacpp, kgen.models.loader, kgen.models.store\n"
         "assert 'torch' not in sys.modules, 'importing the loader must not import torch'\n"
         "print('ok')"
     )
@@ -167,7 +167,7 @@ def llama_cpp_module():
 
 @pytest.fixture(scope="module")
 def backends(tiny, llama_cpp_module):
-    from kgen.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+    from kgen.engine.llamacpp import LlamaCppBackend, LlamaCppOptions
 
     _, _, paths = tiny
     options = LlamaCppOptions(n_ctx=256, n_threads=1)
@@ -319,9 +319,9 @@ def test_prompt_beyond_context_is_refused(backends):
 
 
 def test_loader_builds_llama_cpp_backend_for_gguf(tiny, llama_cpp_module, tmp_path):
-    from kgen.backends.llamacpp import LlamaCppBackend
-    from kgen.backends.loader import BackendCache, LoadOptions
-    from kgen.model_store import CorruptModelFileError, ModelStore
+    from kgen.engine.llamacpp import LlamaCppBackend
+    from kgen.models.loader import BackendCache, LoadOptions
+    from kgen.models.store import CorruptModelFileError, ModelStore
 
     _, _, paths = tiny
     store = ModelStore(paths["f16"].parent, offline=True, models=())

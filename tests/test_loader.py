@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kgen.backends.base import Backend, Completion, SamplingSettings
-from kgen.backends.llamacpp import LlamaCppUnavailableError
-from kgen.backends.loader import (
+from kgen.engine.llamacpp import LlamaCppUnavailableError
+from kgen.generation import Backend, Completion, SamplingSettings
+from kgen.models.loader import (
     BackendCache,
     LoadedModel,
     LoadOptions,
@@ -23,8 +23,8 @@ from kgen.backends.loader import (
     is_out_of_memory,
     resolve_device,
 )
-from kgen.model_store import ModelKind, ModelRef, ModelStore
-from kgen.registry import ModelSpec
+from kgen.models.registry import ModelSpec
+from kgen.models.store import ModelKind, ModelRef, ModelStore
 
 SPEC = ModelSpec(
     name="Tiny", hub_id="Owner/Tiny", gguf_files=("Tiny-F16.gguf",), protocol="dtg", has_quality=False,
@@ -123,7 +123,7 @@ def test_options_validate_device_and_coerce_memory_policy():
 
 
 def test_explicit_device_is_kept_and_auto_follows_cuda(monkeypatch):
-    import kgen.backends.loader as loader
+    import kgen.models.loader as loader
 
     monkeypatch.setattr(loader, "cuda_available", lambda: True)
     assert resolve_device("auto", ModelKind.SAFETENSORS) == "cuda"
@@ -134,7 +134,7 @@ def test_explicit_device_is_kept_and_auto_follows_cuda(monkeypatch):
 
 
 def test_gpu_that_cannot_be_used_falls_back_to_cpu_with_reason(monkeypatch, caplog):
-    import kgen.backends.loader as loader
+    import kgen.models.loader as loader
 
     monkeypatch.setattr(loader, "cuda_available", lambda: False)
     monkeypatch.setattr(loader, "gpu_offload_supported", lambda: False)
@@ -207,7 +207,7 @@ def test_lone_safetensors_file_explains_what_is_missing(tmp_path):
 
 
 def test_gpu_out_of_memory_while_loading_falls_back_to_cpu(tmp_path, caplog, monkeypatch):
-    import kgen.backends.loader as loader
+    import kgen.models.loader as loader
 
     monkeypatch.setattr(loader, "cuda_available", lambda: True)
     write_transformers_folder(tmp_path / "Tiny")
@@ -220,7 +220,7 @@ def test_gpu_out_of_memory_while_loading_falls_back_to_cpu(tmp_path, caplog, mon
 
 
 def test_int8_option_reaches_the_cpu_loader_and_means_automatic_on_a_gpu(tmp_path, monkeypatch):
-    import kgen.backends.loader as loader
+    import kgen.models.loader as loader
 
     monkeypatch.setattr(loader, "cuda_available", lambda: True)
     write_transformers_folder(tmp_path / "Tiny")
@@ -232,7 +232,7 @@ def test_int8_option_reaches_the_cpu_loader_and_means_automatic_on_a_gpu(tmp_pat
 
 
 def test_int8_without_fbgemm_falls_back_to_automatic_with_a_warning(tmp_path, monkeypatch, caplog):
-    import kgen.backends.hf as hf
+    import kgen.engine.hf as hf
 
     monkeypatch.setattr(hf, "fbgemm_available", lambda kind: False)
     write_transformers_folder(tmp_path / "Tiny")
@@ -265,7 +265,7 @@ def test_gguf_without_llama_cpp_gives_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_missing_registry_files_offline_are_reported_before_loading(tmp_path):
-    from kgen.model_store import ModelFileMissingError
+    from kgen.models.store import ModelFileMissingError
 
     with pytest.raises(ModelFileMissingError, match="offline"):
         build_backend(SPEC, store_at(tmp_path), LoadOptions("cpu"), hf_loader=RecordingHFLoader())
@@ -421,8 +421,8 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_registry_model_loads_as_transformers_backend(tiny_folder):
-    from kgen.backends.hf import HFBackend
-    from kgen.backends.loader import MovableBackend
+    from kgen.engine.hf import HFBackend
+    from kgen.models.loader import MovableBackend
 
     store = store_at(tiny_folder)
     loaded = build_backend(SPEC, store, LoadOptions(device="cpu"))
@@ -463,7 +463,7 @@ def test_cache_with_transformers_backend_reuses_it(tiny_folder):
 
 
 def test_gguf_that_fails_on_gpu_is_loaded_on_cpu(tmp_path, monkeypatch, caplog):
-    import kgen.backends.loader as loader
+    import kgen.models.loader as loader
 
     made = []
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kgen.model_store import (
+from kgen.models.registry import MODELS, ModelSpec
+from kgen.models.registry import UnknownModelError as RegistryUnknownModelError
+from kgen.models.store import (
     DEFAULT_MODELS_DIR,
     MODELS_DIR_ENV,
     CorruptModelFileError,
@@ -25,8 +27,6 @@ from kgen.model_store import (
     default_models_dir,
     offline_from_env,
 )
-from kgen.registry import MODELS, ModelSpec
-from kgen.registry import UnknownModelError as RegistryUnknownModelError
 
 TIPO_SPEC = ModelSpec(
     name="TIPO-test", hub_id="Owner/TIPO-test", gguf_files=("TIPO-test-F16.gguf", "gguf/TIPO-test-Q8_0.gguf"),

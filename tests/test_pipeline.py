@@ -4,10 +4,9 @@ import re
 
 import pytest
 
-from kgen import tipo
-from kgen.backends.base import Backend, SamplingSettings
-from kgen.backends.replay import ContextWindowExceeded, ReplayBackend, ReplayExhausted, count_simple_tokens
-from kgen.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
+from kgen.engine.replay import ContextWindowExceeded, ReplayBackend, ReplayExhausted, count_simple_tokens
+from kgen.generation import Backend, SamplingSettings
+from kgen.models.registry import find_model
 from kgen.pipeline import (
     PromptTooLongError,
     RequestError,
@@ -17,9 +16,10 @@ from kgen.pipeline import (
     upsample,
     upsample_many,
 )
-from kgen.postprocess import BanTagError, split_sentences, tag_key
-from kgen.registry import find_model
-from kgen.tags import classify
+from kgen.protocol import tipo
+from kgen.protocol.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
+from kgen.protocol.postprocess import BanTagError, split_sentences, tag_key
+from kgen.protocol.tags import classify
 
 TAGS_ONLY = "tag only (DTG mode)"
 

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from kgen.postprocess import (
+from kgen.protocol.postprocess import (
     MAX_BAN_PATTERN_CHARS,
     MAX_TAG_CHARS,
     BanList,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from kgen import prompt_syntax as ps
-from kgen.prompt_syntax import SegmentKind
+from kgen.protocol import prompt_syntax as ps
+from kgen.protocol.prompt_syntax import SegmentKind
 
 W = 1.1
 S = 1 / 1.1

@@ -3,12 +3,12 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kgen.backends.replay import ReplayBackend
-from kgen.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
+from kgen.engine.replay import ReplayBackend
+from kgen.models.registry import find_model
 from kgen.pipeline import PromptTooLongError, RetryPolicy, UpsampleRequest, upsample, upsample_many
-from kgen.postprocess import split_sentences
-from kgen.registry import find_model
-from kgen.tags import TagCategory, classify
+from kgen.protocol.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
+from kgen.protocol.postprocess import split_sentences
+from kgen.protocol.tags import TagCategory, classify
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

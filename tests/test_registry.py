@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from kgen.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
-from kgen.registry import (
+from kgen.models.registry import (
     MODELS,
     PROTOCOLS,
     UnknownModelError,
@@ -15,11 +14,22 @@ from kgen.registry import (
     models_for,
     parse_model_choice,
 )
-from kgen.tags import TagCategory
+from kgen.protocol.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
+from kgen.protocol.tags import TagCategory
 
 EXPECTED = [
-    "TIPO-v2.1-1B-A200M", "TIPOv2-1B-A200M", "TIPO-500M-ft", "TIPO-200M-ft2", "TIPO-200M-ft", "TIPO-500M",
-    "TIPO-200M", "TIPO-100M", "DanTagGen-delta-rev2", "DanTagGen-delta", "DanTagGen-gamma", "DanTagGen-beta",
+    "TIPO-v2.1-1B-A200M",
+    "TIPOv2-1B-A200M",
+    "TIPO-500M-ft",
+    "TIPO-200M-ft2",
+    "TIPO-200M-ft",
+    "TIPO-500M",
+    "TIPO-200M",
+    "TIPO-100M",
+    "DanTagGen-delta-rev2",
+    "DanTagGen-delta",
+    "DanTagGen-gamma",
+    "DanTagGen-beta",
     "DanTagGen-alpha",
 ]
 
@@ -28,10 +38,17 @@ def test_every_requested_model_is_registered_once():
     assert [spec.name for spec in MODELS] == EXPECTED
 
 
-@pytest.mark.parametrize("text", [
-    "KBlueLeaf/TIPO-500M-ft", "TIPO-500M-ft", "tipo-500m-ft", "  kblueleaf/tipo-500m-FT ",
-    "TIPO-500M-ft | TIPO-500M-ft-F16.gguf", "KBlueLeaf/TIPO-500M-ft | tipo-500m-ft-f16.gguf",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "KBlueLeaf/TIPO-500M-ft",
+        "TIPO-500M-ft",
+        "tipo-500m-ft",
+        "  kblueleaf/tipo-500m-FT ",
+        "TIPO-500M-ft | TIPO-500M-ft-F16.gguf",
+        "KBlueLeaf/TIPO-500M-ft | tipo-500m-ft-f16.gguf",
+    ],
+)
 def test_find_model_accepts_every_spelling(text):
     assert find_model(text).hub_id == "KBlueLeaf/TIPO-500M-ft"
 
@@ -43,8 +60,10 @@ def test_repo_and_file_form_gives_the_file():
 
 
 def test_a_file_in_a_subfolder_is_found_by_its_base_name_too():
-    for text in ("TIPO-v2.1-1B-A200M | gguf/TIPO-v2.1-1B-A200M-Q8_0.gguf",
-                 "TIPO-v2.1-1B-A200M | TIPO-v2.1-1B-A200M-Q8_0.gguf"):
+    for text in (
+        "TIPO-v2.1-1B-A200M | gguf/TIPO-v2.1-1B-A200M-Q8_0.gguf",
+        "TIPO-v2.1-1B-A200M | TIPO-v2.1-1B-A200M-Q8_0.gguf",
+    ):
         assert parse_model_choice(text)[1] == "gguf/TIPO-v2.1-1B-A200M-Q8_0.gguf"
 
 
@@ -72,8 +91,9 @@ def test_unknown_file_error_lists_the_files():
 def test_quality_knowledge_and_protocols():
     dtg = models_for("dtg")
     assert {s.name for s in dtg if s.has_quality} == {"DanTagGen-delta-rev2", "DanTagGen-delta"}
-    assert all(s.gguf_files == ("ggml-model-Q6_K.gguf", "ggml-model-Q8_0.gguf", "ggml-model-f16.gguf")
-               for s in dtg)
+    assert all(
+        s.gguf_files == ("ggml-model-Q6_K.gguf", "ggml-model-Q8_0.gguf", "ggml-model-f16.gguf") for s in dtg
+    )
     assert {s.name for s in models_for("tipo")} == set(EXPECTED[:8])
     assert {s.name for s in models_for("tipo2")} == {"TIPO-v2.1-1B-A200M", "TIPOv2-1B-A200M"}
     with pytest.raises(ValueError, match="protocol"):
@@ -153,8 +173,8 @@ def test_field_keys_list_longest_first():
 
 
 def test_models_without_a_transformers_class_offer_only_their_gguf_files(tmp_path):
-    from kgen.backends.loader import ModelLoadError, build_backend
-    from kgen.model_store import ModelRef, ModelStore
+    from kgen.models.loader import ModelLoadError, build_backend
+    from kgen.models.store import ModelRef, ModelStore
 
     spec = find_model("TIPO-v2.1-1B-A200M")
     assert not spec.transformers_native

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kgen.backends.base import Completion, SamplingSettings
-from kgen.backends.replay import ReplayBackend
+from kgen.engine.replay import ReplayBackend
+from kgen.generation import Completion, SamplingSettings
 from kgen.infotext import INFOTEXT_KEY, INFOTEXT_PROMPT, INFOTEXT_VARIANT, control_value, read_settings
 from kgen.rewriter import (
     BackendConfig,
@@ -240,9 +240,9 @@ def test_variant_sampler_samples_independently_without_a_transformers_model():
 
 def test_variant_sampler_grows_a_tgts_tree_on_a_transformers_backend_even_when_managed(monkeypatch, tmp_path):
     pytest.importorskip("torch")
-    import kgen.tgts
-    from kgen.backends import loader
-    from kgen.registry import MODELS
+    import kgen.engine.tgts
+    from kgen.models import loader
+    from kgen.models.registry import MODELS
 
     seen = []
 
@@ -254,7 +254,7 @@ def test_variant_sampler_grows_a_tgts_tree_on_a_transformers_backend_even_when_m
         seen.append((backend, n, seed, policy))
         return Result()
 
-    monkeypatch.setattr(kgen.tgts, "sample_variants", fake_tree)
+    monkeypatch.setattr(kgen.engine.tgts, "sample_variants", fake_tree)
 
     class HFLike(ReplayBackend):
         model = object()
@@ -309,8 +309,8 @@ def test_control_values_from_a_pasted_infotext():
 
 @pytest.mark.parametrize("precision, dtype", [("auto", None), ("int8", "int8")])
 def test_cpu_precision_setting_reaches_the_load_options(tmp_path, precision, dtype):
-    from kgen.backends import loader
-    from kgen.registry import MODELS
+    from kgen.models import loader
+    from kgen.models.registry import MODELS
 
     seen = []
 
@@ -318,8 +318,9 @@ def test_cpu_precision_setting_reaches_the_load_options(tmp_path, precision, dty
         seen.append(options)
         return loader.LoadedModel(ReplayBackend(seeded_completion), ref, "cpu")
 
-    built = LoaderBackends(lambda: BackendConfig(tmp_path, offline=True, cpu_precision=precision),
-                           builder=builder)
+    built = LoaderBackends(
+        lambda: BackendConfig(tmp_path, offline=True, cpu_precision=precision), builder=builder
+    )
     with built.session(TipoSettings(model=MODELS[0].name, device="cpu")):
         pass
     assert [options.dtype for options in seen] == [dtype]

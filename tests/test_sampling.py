@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from kgen.backends.base import SamplingSettings
-from kgen.backends.sampling import (
+from kgen.engine.sampling import (
     Candidates,
     MinP,
     RepetitionPenalty,
@@ -18,6 +17,7 @@ from kgen.backends.sampling import (
     greedy,
     make_generator,
 )
+from kgen.generation import SamplingSettings
 
 NONE = SamplingContext()
 
@@ -121,8 +121,9 @@ def test_same_seed_same_tokens_and_global_rng_untouched():
 
 
 def test_build_chain_order_and_greedy_at_zero_temperature():
-    chain = build_chain(SamplingSettings(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05,
-                                         repetition_penalty=1.2))
+    chain = build_chain(
+        SamplingSettings(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
+    )
     assert [type(s) for s in chain.steps] == [RepetitionPenalty, TopK, Temperature, TopP, MinP]
     assert chain.select is draw
     assert chain.uses_history
@@ -179,8 +180,9 @@ def test_repetition_penalty_from_history_equals_from_seen_mask(narrowed):
 
 
 def test_chain_with_history_draws_what_the_seen_mask_draws():
-    chain = build_chain(SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02,
-                                         repetition_penalty=1.3))
+    chain = build_chain(
+        SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02, repetition_penalty=1.3)
+    )
     generator = torch.Generator().manual_seed(4)
     logits = torch.randn(4, 300, generator=generator) * 4
     seen = torch.rand(4, 300, generator=generator) < 0.2

@@ -10,14 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kgen.backends.base import SamplingSettings
-from kgen.backends.served import (
+from kgen.engine.served import (
     ServedBackend,
     ServerError,
     ServerOptions,
     ServerRequestError,
     ServerUnavailableError,
 )
+from kgen.generation import SamplingSettings
 
 MODELS = {"data": [{"id": "tipo-a", "max_model_len": 1024}, {"id": "tipo-b"}]}
 COMPLETION = {"choices": [{"text": "tag: a, b", "finish_reason": "stop"}], "usage": {"prompt_tokens": 9,

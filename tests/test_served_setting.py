@@ -3,9 +3,9 @@ of loading one, with the chosen model's protocol and context, and loads locally 
 
 from __future__ import annotations
 
-from kgen.backends import loader
-from kgen.backends.replay import ReplayBackend
-from kgen.registry import MODELS
+from kgen.engine.replay import ReplayBackend
+from kgen.models import loader
+from kgen.models.registry import MODELS
 from kgen.rewriter import BackendConfig, LoaderBackends
 from kgen.settings import TipoSettings
 

@@ -25,9 +25,9 @@ from webui_grammar_model import PromptView, attention_runs, differences, read_pr
 from webui_real_parser import RealParser, webui_tree
 
 from kgen import pipeline
-from kgen.backends.replay import ReplayBackend
-from kgen.formats import FORMAT_PRESETS
-from kgen.registry import find_model
+from kgen.engine.replay import ReplayBackend
+from kgen.models.registry import find_model
+from kgen.protocol.formats import FORMAT_PRESETS
 from kgen.rewriter import RequestPlan, Rewriter, follow_hires, rewrite_each, rewrite_images
 from kgen.settings import CUSTOM_FORMAT, TipoSettings
 

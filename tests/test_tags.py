@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kgen.data.pack_tags import pack
-from kgen.tags import (
+from kgen.protocol.data.pack_tags import pack
+from kgen.protocol.tags import (
     BUILTIN_LISTS,
     CATEGORY_PRECEDENCE,
     DANBOORU_CATEGORIES,
@@ -37,12 +37,28 @@ def shipped_lists() -> dict[TagCategory, list[str]]:
 
 def test_builtin_lists():
     assert BUILTIN_LISTS[C.SPECIAL][:6] == ("1girl", "2girls", "3girls", "4girls", "5girls", "6+girls")
-    assert {"multiple girls", "1boy", "6+boys", "multiple boys", "male focus", "1other", "6+others",
-            "multiple others"} <= set(BUILTIN_LISTS[C.SPECIAL])
+    assert {
+        "multiple girls",
+        "1boy",
+        "6+boys",
+        "multiple boys",
+        "male focus",
+        "1other",
+        "6+others",
+        "multiple others",
+    } <= set(BUILTIN_LISTS[C.SPECIAL])
     assert len(BUILTIN_LISTS[C.SPECIAL]) == 22
     assert len(BUILTIN_LISTS[C.QUALITY]) == 26
-    assert {"masterpiece", "worse quality", "very displeasing", "newest", "old", "score_9", "score_4_up",
-            "source_pony"} <= set(BUILTIN_LISTS[C.QUALITY])
+    assert {
+        "masterpiece",
+        "worse quality",
+        "very displeasing",
+        "newest",
+        "old",
+        "score_9",
+        "score_4_up",
+        "source_pony",
+    } <= set(BUILTIN_LISTS[C.QUALITY])
     assert BUILTIN_LISTS[C.RATING] == ("safe", "general", "sfw", "sensitive", "nsfw", "explicit")
 
 
@@ -52,12 +68,27 @@ def test_precedence_is_fixed_and_complete():
 
 
 def test_classify_groups_in_input_order_with_canonical_names():
-    tags = ["masterpiece", "1girl", "Hatsune_Miku", "long hair", "vocaloid", "absurdres", "smile", "safe",
-            "smile"]
+    tags = [
+        "masterpiece",
+        "1girl",
+        "Hatsune_Miku",
+        "long hair",
+        "vocaloid",
+        "absurdres",
+        "smile",
+        "safe",
+        "smile",
+    ]
     result = classify(tags)
-    assert result == TagMap(special=["1girl"], characters=["hatsune miku"], copyrights=["vocaloid"],
-                            general=["long hair", "smile", "smile"], meta=["absurdres"],
-                            quality=["masterpiece"], rating=["safe"])
+    assert result == TagMap(
+        special=["1girl"],
+        characters=["hatsune miku"],
+        copyrights=["vocaloid"],
+        general=["long hair", "smile", "smile"],
+        meta=["absurdres"],
+        quality=["masterpiece"],
+        rating=["safe"],
+    )
 
 
 @pytest.mark.parametrize(("tag", "expected"), [
@@ -195,9 +226,11 @@ def test_tag_map_helpers():
 
 
 def test_protocol_modules_do_not_import_torch_or_load_data():
-    code = ("import sys, kgen.tags, kgen.formats; "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "db = kgen.tags.default_database(); assert not db._chunks, 'data loaded at import'")
+    code = (
+        "import sys, kgen.protocol.tags, kgen.protocol.formats; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "db = kgen.protocol.tags.default_database(); assert not db._chunks, 'data loaded at import'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

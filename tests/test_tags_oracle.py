@@ -14,8 +14,8 @@ import re
 import pytest
 from oracle import OracleUnavailable, reference_dir, reference_or_skip
 
-from kgen.formats import FORMAT_PRESETS, PLACEHOLDERS, TAG_PLACEHOLDERS, PromptFields, apply_format
-from kgen.tags import (
+from kgen.protocol.formats import FORMAT_PRESETS, PLACEHOLDERS, TAG_PLACEHOLDERS, PromptFields, apply_format
+from kgen.protocol.tags import (
     BUILTIN_LISTS,
     DANBOORU_CATEGORIES,
     TagCategory,
@@ -36,8 +36,22 @@ GENERAL_TAGS = [
     "hair between eyes", "bangs", "ahoge", "braid", "ponytail", "cleavage", "large breasts", "jacket",
     "long sleeves", "sleeveless", "bare shoulders", "collarbone", "navel", "midriff", "fang", ":d", ";)",
 ]  # fmt: skip
-EMOTICONS = ["^_^", "o_o", ">_<", "x_x", "=_=", "t_t", "u_u", "._.", "^_^;", "0_0", "@_@", "-_-", ";_;",
-             "a_b"]
+EMOTICONS = [
+    "^_^",
+    "o_o",
+    ">_<",
+    "x_x",
+    "=_=",
+    "t_t",
+    "u_u",
+    "._.",
+    "^_^;",
+    "0_0",
+    "@_@",
+    "-_-",
+    ";_;",
+    "a_b",
+]
 ODD_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 _()'!?-.:;+^"
 
 
@@ -112,21 +126,27 @@ def test_categorisation_matches_reference(reference_lists):
     improved = improved_variants(reference_lists, rng)
     batches = [rng.sample(parity, 40) for _ in range(10)]
     assert len(parity) >= 1000
-    result = reference_or_skip("tags_classify", {
-        "single": parity + [variant for variant, _, _ in improved],
-        "batches": batches,
-    })
+    result = reference_or_skip(
+        "tags_classify",
+        {
+            "single": parity + [variant for variant, _, _ in improved],
+            "batches": batches,
+        },
+    )
     reference = result["single"]
 
-    mismatches = [(tag, ref, ours_single(tag)) for tag, ref in zip(parity, reference, strict=False)
-                  if ref != ours_single(tag)]
+    mismatches = [
+        (tag, ref, ours_single(tag))
+        for tag, ref in zip(parity, reference, strict=False)
+        if ref != ours_single(tag)
+    ]
     assert mismatches == []
 
     for batch, ref_map in zip(batches, result["batches"], strict=True):
         ours = classify(batch)
         assert {category: ours.get(category) for category in ref_map} == ref_map
 
-    for (variant, category, spelling), ref in zip(improved, reference[len(parity):], strict=True):
+    for (variant, category, spelling), ref in zip(improved, reference[len(parity) :], strict=True):
         assert ours_single(variant) == [category, spelling], variant
         assert ref != [category, spelling], f"reference also handles {variant!r}: not a difference"
 
@@ -153,8 +173,14 @@ CUSTOM_TEMPLATES = [
     "<|artist|>, <|general|>,\n\n<|generated|>.\n\n<|quality|>",
     "score_9, <|quality|>, <|general|>, <|rating|>",
 ]
-SENTENCES = ["a girl stands in a field", "she holds an umbrella", "the sky is cloudy",
-             "a cat sleeps on the sofa", "two friends laugh together", "snow falls on the city"]
+SENTENCES = [
+    "a girl stands in a field",
+    "she holds an umbrella",
+    "the sky is cloudy",
+    "a cat sleeps on the sofa",
+    "two friends laugh together",
+    "snow falls on the city",
+]
 
 
 def random_fields(rng: random.Random) -> PromptFields:
@@ -210,8 +236,9 @@ def test_formats_match_reference():
     # Reference presets by name, with fields that trigger none of our fixes, to compare the preset texts.
     full = PromptFields(**{name: [f"{name} tag"] for name in TAG_PLACEHOLDERS}, extended="nl", generated="g")
     preset_names = list(FORMAT_PRESETS)
-    payload = {"cases": [{"tag_map": reference_tag_map(f), "template": reference_template(f, t)}
-                         for f, t in cases]}
+    payload = {
+        "cases": [{"tag_map": reference_tag_map(f), "template": reference_template(f, t)} for f, t in cases]
+    }
     result = reference_or_skip("tags_format", payload)
     assert list(result["presets"]) == preset_names
     for (fields, template), ref in zip(cases, result["outputs"], strict=True):
@@ -219,8 +246,11 @@ def test_formats_match_reference():
 
     fixed = [reference_template(full, t) for t in FORMAT_PRESETS.values()]
     assert fixed == list(FORMAT_PRESETS.values())  # `full` triggers no fix
-    preset_payload = {"cases": [{"tag_map": reference_tag_map(full), "template": result["presets"][name]}
-                                for name in preset_names]}
+    preset_payload = {
+        "cases": [
+            {"tag_map": reference_tag_map(full), "template": result["presets"][name]} for name in preset_names
+        ]
+    }
     preset_result = reference_or_skip("tags_format", preset_payload)
     for name, ref in zip(preset_names, preset_result["outputs"], strict=True):
         assert apply_format(full, FORMAT_PRESETS[name]) == without_trailing_spaces(ref), name
@@ -233,11 +263,10 @@ def test_reference_keeps_what_we_fix():
         (PromptFields(general=["smile"]), FORMAT_PRESETS["Both, tag first (recommend)"]),
         (fields, FORMAT_PRESETS["Both + generated NL"]),
     ]
-    result = reference_or_skip("tags_format", {"cases": [
-        {"tag_map": reference_tag_map(f), "template": t} for f, t in cases
-    ]})
+    result = reference_or_skip(
+        "tags_format", {"cases": [{"tag_map": reference_tag_map(f), "template": t} for f, t in cases]}
+    )
     lone_dot, repeated = result["outputs"]
     assert "\n." in lone_dot and "\n." not in apply_format(*cases[0])
     assert repeated.count("a girl smiles") == 2
     assert apply_format(*cases[1]).count("a girl smiles") == 1
-

@@ -9,16 +9,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kgen.backends.base import SamplingSettings
-from kgen.tgts import (
+from kgen.engine.tgts import (
     POLICIES,
     CachePoolFull,
     SeparatorSplitter,
     TextSplitter,
     tree_sample,
 )
-from kgen.tgts.distribution import allowed_probabilities
-from kgen.tgts.tree import NodeEvent, TreeEngine, group_score
+from kgen.engine.tgts.distribution import allowed_probabilities
+from kgen.engine.tgts.tree import NodeEvent, TreeEngine, group_score
+from kgen.generation import SamplingSettings
 
 # ---- a bigram LLaMA: logits depend only on the last token, through a transition table we choose -----------
 PAD, BOS, EOS, COMMA = 0, 1, 2, 3
@@ -144,8 +144,10 @@ def sample_groups(prefix: list[int], settings: SamplingSettings, draws: int, see
     ("prefix", "settings"),
     [
         ([BOS], SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)),
-        ([BOS, 4, 8, COMMA], SamplingSettings(temperature=0.7, top_k=3, top_p=0.9, min_p=0.05,
-                                              repetition_penalty=1.3)),
+        (
+            [BOS, 4, 8, COMMA],
+            SamplingSettings(temperature=0.7, top_k=3, top_p=0.9, min_p=0.05, repetition_penalty=1.3),
+        ),
     ],
     ids=["plain", "filtered+penalty"],
 )
@@ -184,12 +186,22 @@ def tiny():
 
 
 def _all_trees(tiny, policy, seed, n=6, **kw):
-    settings = SamplingSettings(temperature=1.0, top_k=20, top_p=0.95, min_p=0.02, repetition_penalty=1.1,
-                                max_new_tokens=32)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=20, top_p=0.95, min_p=0.02, repetition_penalty=1.1, max_new_tokens=32
+    )
     separator = frozenset(range(3, 11))  # about one token in eight closes a group
     return tree_sample(
-        tiny, [1, 10, 11, 12, 13], n, settings, seed=seed, policy=policy,
-        splitter=SeparatorSplitter(separator, 1), eos_ids=[2], batch_size=4, keep_tree=True, **kw
+        tiny,
+        [1, 10, 11, 12, 13],
+        n,
+        settings,
+        seed=seed,
+        policy=policy,
+        splitter=SeparatorSplitter(separator, 1),
+        eos_ids=[2],
+        batch_size=4,
+        keep_tree=True,
+        **kw,
     ), settings
 
 
@@ -263,8 +275,9 @@ def test_children_share_their_parent_cache_slots(tiny):
 
 
 def test_forced_repeats_end_the_search_with_fewer_results():
-    settings = SamplingSettings(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                                max_new_tokens=3)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, repetition_penalty=1.0, max_new_tokens=3
+    )
     # From BOS: top-2 first tokens, then top-2 twice more: at most 8 distinct completions exist.
     result = tree_sample(bigram_model(), [BOS], 50, settings, seed=0, policy="independent", eos_ids=[EOS])
     assert result.exhausted
@@ -278,8 +291,9 @@ def test_cache_pool_bound_is_enforced(tiny):
 
 
 def test_text_splitter_and_validation(tiny):
-    splitter = TextSplitter(lambda text: text.count("x") >= 2, lambda ids: "".join("x" if i % 3 == 0 else "y"
-                                                                                    for i in ids))
+    splitter = TextSplitter(
+        lambda text: text.count("x") >= 2, lambda ids: "".join("x" if i % 3 == 0 else "y" for i in ids)
+    )
     assert not splitter([3, 1])
     assert splitter([3, 1, 6])
     with pytest.raises(ValueError, match="needs a group splitter"):
@@ -311,12 +325,13 @@ def tagger():
 def test_sample_variants_returns_n_completions_for_the_pipeline(tagger):
     from format_model import example_prompt
 
-    from kgen.backends.base import Completion
-    from kgen.tgts import sample_variants
+    from kgen.engine.tgts import sample_variants
+    from kgen.generation import Completion
 
     model, tokenizer = tagger
-    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                                max_new_tokens=20)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, max_new_tokens=20
+    )
     prompt = example_prompt(0)
     result = sample_variants(model, prompt, 5, settings, seed=4, tokenizer=tokenizer, tags_per_group=1)
     assert len(result.variants) == 5
@@ -336,8 +351,8 @@ def test_sample_variants_returns_n_completions_for_the_pipeline(tagger):
 
 
 def test_sample_variants_accepts_the_hf_backend(tagger):
-    from kgen.backends.hf import HFBackend
-    from kgen.tgts import sample_variants
+    from kgen.engine.hf import HFBackend
+    from kgen.engine.tgts import sample_variants
 
     model, tokenizer = tagger
     backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
@@ -347,7 +362,7 @@ def test_sample_variants_accepts_the_hf_backend(tagger):
 
 
 def test_sample_variants_repeats_only_when_forced():
-    from kgen.tgts import sample_variants
+    from kgen.engine.tgts import sample_variants
 
     class Digits:
         """Minimal tokenizer over the bigram vocabulary."""
@@ -366,8 +381,9 @@ def test_sample_variants_repeats_only_when_forced():
         def decode(self, ids, **_):
             return " ".join(str(i) for i in ids)
 
-    settings = SamplingSettings(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                                max_new_tokens=3)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, repetition_penalty=1.0, max_new_tokens=3
+    )
     result = sample_variants(
         bigram_model(), "", 30, settings, seed=0, tokenizer=Digits(), policy="independent"
     )
@@ -387,11 +403,12 @@ def _format_model_or_skip():
 def test_format_model_variants_are_distinct_parseable_tag_lists():
     from format_model import example_prompt
 
-    from kgen.tgts import sample_variants
+    from kgen.engine.tgts import sample_variants
 
     model, tokenizer = _format_model_or_skip()
-    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0,
-                                max_new_tokens=320)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0, max_new_tokens=320
+    )
     result = sample_variants(model, example_prompt(3), 8, settings, seed=0, tokenizer=tokenizer)
     texts = [v.text for v in result.variants]
     assert len(set(texts)) == 8

@@ -21,9 +21,9 @@ from functools import lru_cache
 import pytest
 from oracle import reference_dir, reference_or_skip
 
-from kgen.lengths import Length
-from kgen.tags import TagCategory, TagMap, classify
-from kgen.tipo import (
+from kgen.protocol.lengths import Length
+from kgen.protocol.tags import TagCategory, TagMap, classify
+from kgen.protocol.tipo import (
     MODES,
     TIPO_V1,
     TipoRequest,
@@ -43,29 +43,130 @@ SEED = 20240611
 CASES_PER_COMBINATION = 20  # x 64 planning combinations = 1280 requests
 
 GENERAL = [
-    "solo", "long hair", "short hair", "blue eyes", "red eyes", "smile", "open mouth", "looking at viewer",
-    "blush", "skirt", "shirt", "white shirt", "hat", "dress", "sitting", "standing", "outdoors", "indoors",
-    "sky", "cloud", "day", "night", "tree", "flower", "holding", "jewelry", "thighhighs", "gloves",
-    "school uniform", "simple background", "white background", "upper body", "full body", "closed eyes",
-    "twintails", "ponytail", "animal ears", "cat ears", "bow", "ribbon", "hair ornament", "water",
-    "long_hair", "blue_eyes", "looking_at_viewer", "very long hair", "v", ":d", ":o", "^^^", "ok",
-    "from side", "cowboy shot", "scenery", "city", "rain", "umbrella", "sword", "wings", "tail",
+    "solo",
+    "long hair",
+    "short hair",
+    "blue eyes",
+    "red eyes",
+    "smile",
+    "open mouth",
+    "looking at viewer",
+    "blush",
+    "skirt",
+    "shirt",
+    "white shirt",
+    "hat",
+    "dress",
+    "sitting",
+    "standing",
+    "outdoors",
+    "indoors",
+    "sky",
+    "cloud",
+    "day",
+    "night",
+    "tree",
+    "flower",
+    "holding",
+    "jewelry",
+    "thighhighs",
+    "gloves",
+    "school uniform",
+    "simple background",
+    "white background",
+    "upper body",
+    "full body",
+    "closed eyes",
+    "twintails",
+    "ponytail",
+    "animal ears",
+    "cat ears",
+    "bow",
+    "ribbon",
+    "hair ornament",
+    "water",
+    "long_hair",
+    "blue_eyes",
+    "looking_at_viewer",
+    "very long hair",
+    "v",
+    ":d",
+    ":o",
+    "^^^",
+    "ok",
+    "from side",
+    "cowboy shot",
+    "scenery",
+    "city",
+    "rain",
+    "umbrella",
+    "sword",
+    "wings",
+    "tail",
 ]
 SPECIAL = ["1girl", "2girls", "1boy", "2boys", "multiple girls", "male focus", "1other", "6+girls"]
-QUALITY = ["masterpiece", "best quality", "low quality", "very aesthetic", "newest", "old", "score_9",
-           "score_8_up", "source_anime"]
+QUALITY = [
+    "masterpiece",
+    "best quality",
+    "low quality",
+    "very aesthetic",
+    "newest",
+    "old",
+    "score_9",
+    "score_8_up",
+    "source_anime",
+]
 RATING = ["safe", "general", "sensitive", "nsfw", "explicit"]
 WORDS = [
-    "a", "girl", "boy", "cat", "dog", "sits", "stands", "walks", "under", "over", "the", "old", "tree", "in",
-    "park", "city", "night", "sky", "with", "bright", "red", "blue", "umbrella", "smiles", "softly", "while",
-    "rain", "falls", "gently", "on", "quiet", "street", "she", "he", "holds", "small", "book", "near",
-    "window", "light", "warm",
+    "a",
+    "girl",
+    "boy",
+    "cat",
+    "dog",
+    "sits",
+    "stands",
+    "walks",
+    "under",
+    "over",
+    "the",
+    "old",
+    "tree",
+    "in",
+    "park",
+    "city",
+    "night",
+    "sky",
+    "with",
+    "bright",
+    "red",
+    "blue",
+    "umbrella",
+    "smiles",
+    "softly",
+    "while",
+    "rain",
+    "falls",
+    "gently",
+    "on",
+    "quiet",
+    "street",
+    "she",
+    "he",
+    "holds",
+    "small",
+    "book",
+    "near",
+    "window",
+    "light",
+    "warm",
 ]
 LENGTH_LABELS = [length.label for length in Length]
 SIZES = list(range(512, 1537, 64))
 TEMPLATES_WITH = {  # which placeholders a format shows -> example templates
-    "generated": ["<|special|>, <|general|>\n\n<|generated|>.\n\n<|extended|>.",
-                  "<|generated|>. <|general|>"],
+    "generated": [
+        "<|special|>, <|general|>\n\n<|generated|>.\n\n<|extended|>.",
+        "<|generated|>. <|general|>",
+    ],
     "extended": ["<|general|>,\n\n<|extended|>.", "<|extended|>.", "<|extended|>. <|general|>"],
     "tags": ["<|special|>, <|characters|>, <|copyrights|>,\n<|artist|>,\n\n<|general|>,\n\n<|quality|>"],
 }
@@ -74,8 +175,10 @@ TEMPLATES_WITH = {  # which placeholders a format shows -> example templates
 @lru_cache(maxsize=1)
 def category_lists() -> dict[str, list[str]]:
     folder = reference_dir() / "kgen" / "tag-list"
-    return {name: (folder / f"{name}.txt").read_text(encoding="utf-8").strip().split("\n")
-            for name in ("artist", "characters", "copyrights", "meta")}
+    return {
+        name: (folder / f"{name}.txt").read_text(encoding="utf-8").strip().split("\n")
+        for name in ("artist", "characters", "copyrights", "meta")
+    }
 
 
 @dataclass(frozen=True)
@@ -92,8 +195,10 @@ COMBINATIONS = [Combination(*flags) for flags in itertools.product([False, True]
 
 
 def _caption(rng: random.Random) -> str:
-    sentences = [" ".join(rng.choices(WORDS, k=rng.randint(3, 10))).capitalize() + "."
-                 for _ in range(rng.randint(1, 4))]
+    sentences = [
+        " ".join(rng.choices(WORDS, k=rng.randint(3, 10))).capitalize() + "."
+        for _ in range(rng.randint(1, 4))
+    ]
     joiner = rng.choice([" ", " ", " ", "\n"])
     caption = joiner.join(sentences)
     if rng.random() < 0.2:
@@ -146,24 +251,27 @@ def make_cases() -> list[dict]:
         for combination in COMBINATIONS:
             # A prompt without general tags may still hold artists, characters, quality tags ...
             prompt = _prompt(rng, combination.has_tags) if combination.has_tags or rng.random() < 0.7 else ""
-            cases.append({
-                "combination": combination.__dict__,
-                "prompt": prompt,
-                "nl": _caption(rng) if combination.has_nl else "",
-                "tag_length": rng.choice(LENGTH_LABELS),
-                "nl_length": rng.choice(LENGTH_LABELS),
-                "format": _template(rng, combination),
-                "width": rng.choice(SIZES),
-                "height": rng.choice(SIZES),
-                "expand_tags": combination.expand_tags,
-                "expand_nl": combination.expand_nl,
-                "tag_first": combination.tag_first,
-                "add_quality": rng.random() < 0.8,
-            })
+            cases.append(
+                {
+                    "combination": combination.__dict__,
+                    "prompt": prompt,
+                    "nl": _caption(rng) if combination.has_nl else "",
+                    "tag_length": rng.choice(LENGTH_LABELS),
+                    "nl_length": rng.choice(LENGTH_LABELS),
+                    "format": _template(rng, combination),
+                    "width": rng.choice(SIZES),
+                    "height": rng.choice(SIZES),
+                    "expand_tags": combination.expand_tags,
+                    "expand_nl": combination.expand_nl,
+                    "tag_first": combination.tag_first,
+                    "add_quality": rng.random() < 0.8,
+                }
+            )
     return cases
 
 
 # --- documented deliberate differences, applied to the reference's output -------------------
+
 
 def fix_aspect_ratio_key(text: str) -> str:
     """We write the training key ``aspect ratio:``; the reference extension writes ``aspect_ratio:``."""
@@ -195,8 +303,14 @@ def actual_combination(case: dict, ref: dict) -> Combination:
     """The planning inputs as the reference saw them (some tags drawn as general ones are in fact
     artist or character names)."""
     general = ref["tag_map"].get("special", []) + ref["tag_map"].get("general", [])
-    return Combination(bool(general), bool(case["nl"].strip()), case["expand_tags"], case["expand_nl"],
-                       case["tag_first"], wants_extra_nl(case["nl"], case["format"]))
+    return Combination(
+        bool(general),
+        bool(case["nl"].strip()),
+        case["expand_tags"],
+        case["expand_nl"],
+        case["tag_first"],
+        wants_extra_nl(case["nl"], case["format"]),
+    )
 
 
 def fix_operations(case: dict, ref: dict) -> list[TipoTask]:
@@ -254,11 +368,13 @@ def make_parse_texts(count: int = 400) -> list[str]:
     lists = category_lists()
     texts = []
     for _ in range(count):
-        tags = TagMap(artist=rng.sample(lists["artist"], rng.randint(0, 2)),
-                      characters=rng.sample(lists["characters"], rng.randint(0, 2)),
-                      rating=rng.sample(RATING, rng.randint(0, 1)),
-                      special=rng.sample(SPECIAL, rng.randint(0, 2)),
-                      general=rng.sample(GENERAL, rng.randint(0, 10)))
+        tags = TagMap(
+            artist=rng.sample(lists["artist"], rng.randint(0, 2)),
+            characters=rng.sample(lists["characters"], rng.randint(0, 2)),
+            rating=rng.sample(RATING, rng.randint(0, 1)),
+            special=rng.sample(SPECIAL, rng.randint(0, 2)),
+            general=rng.sample(GENERAL, rng.randint(0, 10)),
+        )
         task = TipoTask(rng.choice([None, *MODES]), rng.choice(list(Length)), rng.random() < 0.5)
         nl = _caption(rng).replace("\n", " ").strip() if rng.random() < 0.6 else ""
         text = build_prompt(meta_lines(tags, rng.choice([None, 0.75, 1.0])), general_text(tags), nl, task)
@@ -339,8 +455,10 @@ def test_the_named_differences_actually_occur(oracle_run):
     texts = [ref["first_input"] or "" for ref in refs]
     assert any("\naspect_ratio: " in t for t in texts)
     assert any("<|very long|>" in t or "<|very short|>" in t for t in texts)
-    assert any(case["nl"].strip() and case["nl"] != single_line(case["nl"], TIPO_V1) and case["nl"] in t
-               for case, t in zip(cases, texts, strict=True))
+    assert any(
+        case["nl"].strip() and case["nl"] != single_line(case["nl"], TIPO_V1) and case["nl"] in t
+        for case, t in zip(cases, texts, strict=True)
+    )
     plans = [(fix_operations(case, ref), ref["operations"]) for case, ref in zip(cases, refs, strict=True)]
     assert any(len(fixed) < len(raw) for fixed, raw in plans)  # the repeated extra-NL task
     assert any(fixed and fixed[0].length != Length.parse(raw[0][1]) for fixed, raw in plans)  # caption length
@@ -354,7 +472,7 @@ def test_end_to_end_with_our_classifier(oracle_run):
     try:
         classify(["1girl"])
     except NotImplementedError:
-        pytest.skip("kgen.tags.classify is not implemented yet")
+        pytest.skip("kgen.protocol.tags.classify is not implemented yet")
     compared = 0
     for case, ref in zip(cases, refs, strict=True):
         tags = [t.strip() for t in case["prompt"].strip().split(",") if t.strip()]
@@ -367,13 +485,12 @@ def test_end_to_end_with_our_classifier(oracle_run):
     assert compared >= 0.95 * len(cases), f"our classifier agreed with the reference on only {compared} cases"
 
 
-
 def fix_empty_tag_line(reference_tags: list[str], text: str) -> list[str]:
     """An empty field does not hide a later one with content; the reference keeps the first
     ``tag:`` line even when it is empty (for captions it already skips empty ones, as we do)."""
     if reference_tags:
         return reference_tags
-    lines = [line[len("tag:"):] for line in text.replace("</s>", "").split("\n") if line.startswith("tag:")]
+    lines = [line[len("tag:") :] for line in text.replace("</s>", "").split("\n") if line.startswith("tag:")]
     filled = [line for line in lines if line.strip()]
     return [t.strip() for t in filled[0].split(",") if t.strip()] if filled else []
 
@@ -401,4 +518,6 @@ def test_reference_parser_cuts_tag_ends_and_ours_does_not(oracle_run):
     assert texts[0] == EOS_CUT_TEXT
     assert refs[0]["tag"] == ["1girl", "blue eye"]
     assert parse_output(EOS_CUT_TEXT, classify_tags=lambda tags: TagMap(general=list(tags))).tag_list == [
-        "1girl", "blue eyes"]
+        "1girl",
+        "blue eyes",
+    ]

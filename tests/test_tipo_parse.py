@@ -1,4 +1,4 @@
-"""Parsing TIPO texts (model input + completion) back into fields (kgen.tipo.parse_output)."""
+"""Parsing TIPO texts (model input + completion) back into fields (kgen.protocol.tipo.parse_output)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kgen.lengths import Length
-from kgen.tags import TagMap
-from kgen.tipo import (
+from kgen.protocol.lengths import Length
+from kgen.protocol.tags import TagMap
+from kgen.protocol.tipo import (
     TipoRequest,
     TipoTask,
     build_prompt,
@@ -170,8 +170,10 @@ def test_markers_inside_content_are_removed():
 
 
 def test_colons_inside_content_do_not_start_fields():
-    out = parse("tag: :d, re:zero kara hajimeru isekai seikatsu, :o\n"
-                "long: A sign reads: welcome.\nThe time is 12:30. note: it rains.")
+    out = parse(
+        "tag: :d, re:zero kara hajimeru isekai seikatsu, :o\n"
+        "long: A sign reads: welcome.\nThe time is 12:30. note: it rains."
+    )
     assert out.tag_list == [":d", "re:zero kara hajimeru isekai seikatsu", ":o"]
     assert out.generated == "A sign reads: welcome. The time is 12:30. note: it rains."
 
@@ -196,8 +198,13 @@ def test_usable_for_checks_the_output_field_of_the_task():
 
 
 def test_prompt_round_trip():
-    tags = TagMap(special=["1girl"], general=["solo", "smile"], artist=["someone"], quality=["masterpiece"],
-                  rating=["general"])
+    tags = TagMap(
+        special=["1girl"],
+        general=["solo", "smile"],
+        artist=["someone"],
+        quality=["masterpiece"],
+        rating=["general"],
+    )
     request = TipoRequest(tags=tags, nl="A girl.\nShe smiles.", aspect_ratio=0.75)
     prompt = first_prompt(request)
     out = parse(prompt)
@@ -211,7 +218,7 @@ def test_parse_with_the_real_classifier():
     try:
         out = parse_output("rating: general\ntag: 1girl, hatsune miku, blue_eyes, masterpiece")
     except NotImplementedError:
-        pytest.skip("kgen.tags.classify is not implemented yet")
+        pytest.skip("kgen.protocol.tags.classify is not implemented yet")
     assert out.tags.special == ["1girl"]
     assert out.tags.characters == ["hatsune miku"]
     assert out.tags.quality == ["masterpiece"]
@@ -238,8 +245,10 @@ def test_never_raises_on_any_unicode(text, truncated):
 
 
 @settings(max_examples=100, deadline=None)
-@given(tags=st.lists(st.text(min_size=1, max_size=10).filter(str.strip), min_size=1, max_size=5),
-       nl=st.text(max_size=40))
+@given(
+    tags=st.lists(st.text(min_size=1, max_size=10).filter(str.strip), min_size=1, max_size=5),
+    nl=st.text(max_size=40),
+)
 def test_user_input_survives_prompt_and_parse(tags, nl):
     """Whatever the user typed, the parser finds the tag and caption lines the builder wrote."""
     task = TipoTask("short_to_tag", Length.LONG, True)

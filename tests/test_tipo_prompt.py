@@ -1,4 +1,4 @@
-"""TIPO request planning and model-input text (kgen.tipo)."""
+"""TIPO request planning and model-input text (kgen.protocol.tipo)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kgen.dialects import TIPO_V2, TIPO_V2_1
-from kgen.lengths import Length
-from kgen.tags import TagMap
-from kgen.tipo import (
+from kgen.protocol.dialects import TIPO_V2, TIPO_V2_1
+from kgen.protocol.lengths import Length
+from kgen.protocol.tags import TagMap
+from kgen.protocol.tipo import (
     TIPO_V1,
     MetaLine,
     TipoRequest,
@@ -34,6 +34,7 @@ def modes(tasks: list[TipoTask]) -> list[str | None]:
 
 # --- planning ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("has_tags", "has_nl", "expand_tags", "expand_nl", "tag_first", "expected"),
     [
@@ -50,8 +51,14 @@ def modes(tasks: list[TipoTask]) -> list[str | None]:
     ],
 )
 def test_plan_modes(has_tags, has_nl, expand_tags, expand_nl, tag_first, expected):
-    tasks = plan_tasks(has_tags=has_tags, has_nl=has_nl, expand_tags=expand_tags, expand_nl=expand_nl,
-                       tag_first=tag_first, extra_nl=False)
+    tasks = plan_tasks(
+        has_tags=has_tags,
+        has_nl=has_nl,
+        expand_tags=expand_tags,
+        expand_nl=expand_nl,
+        tag_first=tag_first,
+        extra_nl=False,
+    )
     assert modes(tasks) == expected
 
 
@@ -68,8 +75,15 @@ def test_plan_modes(has_tags, has_nl, expand_tags, expand_nl, tag_first, expecte
     ],
 )
 def test_extra_caption_task_is_appended(has_tags, has_nl, expand_tags, expand_nl, tag_first, extra):
-    flags = dict(has_tags=has_tags, has_nl=has_nl, expand_tags=expand_tags, expand_nl=expand_nl,
-                 tag_first=tag_first, tag_length=VL, nl_length=VS)
+    flags = dict(
+        has_tags=has_tags,
+        has_nl=has_nl,
+        expand_tags=expand_tags,
+        expand_nl=expand_nl,
+        tag_first=tag_first,
+        tag_length=VL,
+        nl_length=VS,
+    )
     assert plan_tasks(**flags, extra_nl=True) == [*plan_tasks(**flags, extra_nl=False), extra]
 
 
@@ -84,8 +98,16 @@ def test_extra_caption_task_is_not_repeated(expand_tags, expand_nl):
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=6)))
 def test_every_task_targets_the_length_of_what_it_writes(flags):
     has_tags, has_nl, expand_tags, expand_nl, tag_first, extra_nl = flags
-    tasks = plan_tasks(has_tags=has_tags, has_nl=has_nl, expand_tags=expand_tags, expand_nl=expand_nl,
-                       tag_first=tag_first, extra_nl=extra_nl, tag_length="very short", nl_length="very long")
+    tasks = plan_tasks(
+        has_tags=has_tags,
+        has_nl=has_nl,
+        expand_tags=expand_tags,
+        expand_nl=expand_nl,
+        tag_first=tag_first,
+        extra_nl=extra_nl,
+        tag_length="very short",
+        nl_length="very long",
+    )
     for task in tasks:
         assert task.length == (VS if task.output_field == "tag" else VL), task
     assert len(tasks) == len(set(tasks)) or not extra_nl  # never the same task twice in a row at the end
@@ -137,15 +159,28 @@ def test_task_validation_and_fields():
 # --- prompt text -------------------------------------------------------------------------------
 
 TAGS = TagMap(
-    special=["1girl"], general=["solo", "long hair"], artist=["some artist"], characters=["hatsune miku"],
-    copyrights=["vocaloid"], meta=["highres"], quality=["masterpiece", "newest"], rating=["general"],
+    special=["1girl"],
+    general=["solo", "long hair"],
+    artist=["some artist"],
+    characters=["hatsune miku"],
+    copyrights=["vocaloid"],
+    meta=["highres"],
+    quality=["masterpiece", "newest"],
+    rating=["general"],
 )
 
 
 def test_meta_lines_order_and_aspect_ratio_key():
     lines = meta_lines(TAGS, aspect_ratio=832 / 1216)
     assert [line.key for line in lines] == [
-        "meta", "rating", "artist", "characters", "copyrights", "quality", "aspect ratio"]
+        "meta",
+        "rating",
+        "artist",
+        "characters",
+        "copyrights",
+        "quality",
+        "aspect ratio",
+    ]
     assert lines[-1] == MetaLine("aspect ratio", "0.7")
     assert lines[5] == MetaLine("quality", "masterpiece, newest")
 
@@ -181,11 +216,14 @@ def test_build_prompt_tag_only_expands_the_tag_line():
 def test_build_prompt_caption_fields_follow_the_mode():
     meta = [MetaLine("rating", "safe")]
     assert build_prompt(meta, "1girl", "A girl.", TipoTask("short_to_tag", S, True)) == (
-        "rating: safe\ntarget: <|short|> <|short_to_tag|>\nshort: A girl.\ntag: 1girl")
+        "rating: safe\ntarget: <|short|> <|short_to_tag|>\nshort: A girl.\ntag: 1girl"
+    )
     assert build_prompt(meta, "1girl", "A girl.", TipoTask("tag_to_long", VL, True)) == (
-        "rating: safe\ntarget: <|very_long|> <|tag_to_long|>\ntag: 1girl\nlong: A girl.")
+        "rating: safe\ntarget: <|very_long|> <|tag_to_long|>\ntag: 1girl\nlong: A girl."
+    )
     assert build_prompt(meta, "1girl", "A girl.", TipoTask("short_to_tag_to_long", LG, False)) == (
-        "rating: safe\ntarget: <|long|> <|short_to_tag_to_long|>\nshort: A girl.\ntag: 1girl\nlong:")
+        "rating: safe\ntarget: <|long|> <|short_to_tag_to_long|>\nshort: A girl.\ntag: 1girl\nlong:"
+    )
 
 
 def test_build_prompt_empty_inner_field_is_written_empty():
@@ -217,15 +255,23 @@ def test_v2_dialect_has_no_length_on_caption_only_tasks():
 
 def test_user_text_cannot_break_the_line_format():
     task = TipoTask("short_to_tag", LG, True)
-    prompt = build_prompt([MetaLine("artist", "a\nb")], ["x</s>y", "<|long|>z"], " A girl.\n\nShe smiles.\n",
-                          task)
+    prompt = build_prompt(
+        [MetaLine("artist", "a\nb")], ["x</s>y", "<|long|>z"], " A girl.\n\nShe smiles.\n", task
+    )
     assert prompt.splitlines() == [
-        "artist: a b", "target: <|long|> <|short_to_tag|>", "short: A girl. She smiles.", "tag: x y, z"]
+        "artist: a b",
+        "target: <|long|> <|short_to_tag|>",
+        "short: A girl. She smiles.",
+        "tag: x y, z",
+    ]
 
 
 @settings(max_examples=150, deadline=None)
-@given(tags=st.lists(st.text(max_size=12), max_size=6), nl=st.text(max_size=40),
-       artist=st.lists(st.text(max_size=8), max_size=3))
+@given(
+    tags=st.lists(st.text(max_size=12), max_size=6),
+    nl=st.text(max_size=40),
+    artist=st.lists(st.text(max_size=8), max_size=3),
+)
 def test_any_user_text_gives_one_line_per_field(tags, nl, artist):
     task = TipoTask("short_to_tag_to_long", LG, False)
     meta = meta_lines(TagMap(artist=artist))
@@ -238,9 +284,16 @@ def test_any_user_text_gives_one_line_per_field(tags, nl, artist):
 
 # --- requests ----------------------------------------------------------------------------------
 
+
 def test_first_prompt_of_a_webui_like_request():
-    request = TipoRequest(tags=TAGS, nl="  A girl sings.\n", tag_length="short", nl_length="very long",
-                          aspect_ratio=1.5, extra_nl=True)
+    request = TipoRequest(
+        tags=TAGS,
+        nl="  A girl sings.\n",
+        tag_length="short",
+        nl_length="very long",
+        aspect_ratio=1.5,
+        extra_nl=True,
+    )
     assert modes(request.plan()) == ["short_to_tag", "tag_to_long", "short_to_tag_to_long"]
     assert first_prompt(request) == (
         "meta: highres\nrating: general\nartist: some artist\ncharacters: hatsune miku\n"

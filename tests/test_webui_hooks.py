@@ -18,7 +18,7 @@ from modules.processing import (  # noqa: E402
 )
 from modules.scripts import ScriptRunner  # noqa: E402
 
-from kgen.backends.replay import ReplayBackend  # noqa: E402
+from kgen.engine.replay import ReplayBackend  # noqa: E402
 
 Settings = tipo.TipoSettings
 
@@ -306,7 +306,7 @@ def test_reference_extension_infotext_is_understood(engine):
 
 
 def test_real_pipeline_with_replay_backend_keeps_syntax_and_caches(monkeypatch):
-    pytest.importorskip("kgen.formats", reason="kgen.formats (H-tags) not written yet")
+    pytest.importorskip("kgen.protocol.formats", reason="kgen.protocol.formats (H-tags) not written yet")
     replay = ReplayBackend(
         lambda prompt, seed: "tag: long hair, blue sky, 1girl, smile", when_exhausted="repeat_last"
     )

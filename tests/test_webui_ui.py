@@ -205,8 +205,13 @@ def test_settings_section_has_a_default_for_each_control_and_the_global_options(
     tipo.on_ui_settings()
     registered = {k: v for k, v in shared.opts.data_labels.items() if k.startswith("tipo_")}
     keys = set(registered)
-    assert {"tipo_hide_extra_prompts", "tipo_memory", "tipo_models_dir", "tipo_default_device",
-            "tipo_cpu_precision"} <= keys
+    assert {
+        "tipo_hide_extra_prompts",
+        "tipo_memory",
+        "tipo_models_dir",
+        "tipo_default_device",
+        "tipo_cpu_precision",
+    } <= keys
     for name in Settings.names():
         if name not in ("source_prompt", "source_result", "source_variant", "tag_prompt", "nl_prompt"):
             assert f"tipo_default_{name}" in keys, name

@@ -14,9 +14,9 @@ from modules.infotext_utils import api_script_args, paste  # noqa: E402
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images  # noqa: E402
 from modules.scripts import ScriptRunner  # noqa: E402
 
-from kgen.backends.replay import ReplayBackend  # noqa: E402
+from kgen.engine.replay import ReplayBackend  # noqa: E402
 
-pytest.importorskip("kgen.formats")
+pytest.importorskip("kgen.protocol.formats")
 
 Settings = tipo.TipoSettings
 PROMPT = "<lora:style:0.7>, 1girl, (smile:1.2)"

@@ -23,8 +23,19 @@ PAD_ID = EOS_ID
 
 # Control tokens the TIPO tokenizers add on top of the LLaMA vocabulary.
 TIPO_ADDED_TOKENS = (
-    "<|empty|>", "<|very_short|>", "<|short|>", "<|long|>", "<|very_long|>", "<|extended|>",
-    "<|generated|>", "<|gen_meta|>", "<|tag|>", "<|nl|>", "<|input_end|>", "<|quality|>", "<|meta|>",
+    "<|empty|>",
+    "<|very_short|>",
+    "<|short|>",
+    "<|long|>",
+    "<|very_long|>",
+    "<|extended|>",
+    "<|generated|>",
+    "<|gen_meta|>",
+    "<|tag|>",
+    "<|nl|>",
+    "<|input_end|>",
+    "<|quality|>",
+    "<|meta|>",
 )
 
 # What every LLaMA config here shares with TIPO: RMS norm, SiLU, untied embeddings and the token ids.
@@ -89,10 +100,22 @@ def train_sentencepiece(directory: str | Path, vocab_size: int = 700, seed: int 
     text.write_text("\n".join(tipo_like_corpus(seed=seed)) + "\n", encoding="utf-8")
     prefix = directory / "tokenizer"  # -> tokenizer.model, the file name LlamaTokenizer looks for
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
-        character_coverage=1.0, split_digits=True, add_dummy_prefix=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, minloglevel=2, num_threads=1,
+        input=str(text),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=-1,
+        character_coverage=1.0,
+        split_digits=True,
+        add_dummy_prefix=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+        num_threads=1,
     )
     text.unlink()
     prefix.with_suffix(".vocab").unlink()

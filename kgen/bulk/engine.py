@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, SamplingSettings
-from ..backends.served import ServedBackend, ServerOptions, ServerUnavailableError
+from ..engine.served import ServedBackend, ServerOptions, ServerUnavailableError
+from ..generation import Backend, SamplingSettings
 from ..pipeline import UpsampleRequest, UpsampleResult, upsample_many, upsample_variants
 from ..variants import variant_sampler
 
@@ -36,7 +36,7 @@ class BulkLine:
 class RunSettings:
     """How every request of a job is run (the same in every worker)."""
 
-    model_spec: Any = None  # kgen.registry.ModelSpec, or None for a local model (TIPO v1 conventions)
+    model_spec: Any = None  # kgen.models.registry.ModelSpec, or None for a local model (TIPO v1 conventions)
     sampling: SamplingSettings | None = None
     variants: int = 1
     tgts_policy: str = "rw-mcts"
@@ -57,8 +57,8 @@ class EngineSpec:
         """The backend; raises the loader's or the server's errors."""
         if self.server is not None:
             return ServedBackend(self.server)
-        from ..backends.loader import LoadOptions, build_backend
-        from ..model_store import ModelStore
+        from ..models.loader import LoadOptions, build_backend
+        from ..models.store import ModelStore
 
         store = ModelStore(self.models_dir, offline=self.offline or None)
         loaded = build_backend(
@@ -69,7 +69,7 @@ class EngineSpec:
 
 def model_spec_for(name: str):
     """The registry entry for a model argument, or None for local paths (TIPO v1 conventions)."""
-    from ..registry import UnknownModelError, parse_model_choice
+    from ..models.registry import UnknownModelError, parse_model_choice
 
     if Path(name).expanduser().exists():
         return None
@@ -80,8 +80,8 @@ def model_spec_for(name: str):
 
 
 def model_ref_for(name: str):
-    from ..model_store import ModelRef
-    from ..registry import parse_model_choice
+    from ..models.registry import parse_model_choice
+    from ..models.store import ModelRef
 
     path = Path(name).expanduser()
     if path.exists():

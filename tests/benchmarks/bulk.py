@@ -70,8 +70,8 @@ def local_batched(model_dir: Path, lines, work: Path) -> float:
 def served(gguf: Path, lines, work: Path, concurrency: int) -> float:
     from llama_server import CONTEXT, LlamaServer
 
-    from kgen.backends.served import ServerOptions
     from kgen.bulk.engine import ConcurrentExecutor, EngineSpec, RunSettings
+    from kgen.engine.served import ServerOptions
 
     server = LlamaServer(gguf, log=work / "server.log").start()
     try:

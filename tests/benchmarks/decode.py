@@ -83,20 +83,25 @@ def timed(fn) -> float:
 def summarize(first: list[float], total: list[float], new_tokens: int, batch: int) -> dict:
     prefill, whole = statistics.median(first), statistics.median(total)
     step = max(whole - prefill, 1e-9) / (new_tokens - 1)
-    return {"prefill_ms": prefill * 1e3, "decode_ms": step * 1e3, "tokens_per_s": batch / step,
-            "peak_mib": peak_mib()}
+    return {
+        "prefill_ms": prefill * 1e3,
+        "decode_ms": step * 1e3,
+        "tokens_per_s": batch / step,
+        "peak_mib": peak_mib(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: int, repeats: int,
-                device: str) -> dict:
+def worker_ours(
+    folder: Path, prompt: str, policy: str, batch: int, new_tokens: int, repeats: int, device: str
+) -> dict:
     import torch
 
-    from kgen.backends import decode_loop
-    from kgen.backends.base import SamplingSettings
-    from kgen.backends.hf import HFBackend
+    from kgen.engine import decode_loop
+    from kgen.engine.hf import HFBackend
+    from kgen.generation import SamplingSettings
 
     dtype = None if policy in ("auto", "auto-python") else policy
     backend = HFBackend.from_pretrained(folder, device=device, dtype=dtype, reuse_prefix=False)
@@ -120,15 +125,18 @@ def worker_ours(folder: Path, prompt: str, policy: str, batch: int, new_tokens: 
     matrices = f" over FBGEMM {fbgemm} matrices" if fbgemm else ""
     quantized = " (QUANTIZED, opt-in)" if fbgemm == "int8" else ""
     loop = "TorchScript" if backend.runner.layer_loop() is not decode_loop.decode_layers else "Python"
-    result["note"] = (f"{loop} loop, prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}"
-                      f"{quantized}, cache {policy.cache_for_rows(batch)}").replace("torch.", "")
+    result["note"] = (
+        f"{loop} loop, prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}"
+        f"{quantized}, cache {policy.cache_for_rows(batch)}"
+    ).replace("torch.", "")
     if backend.device.type == "cuda":
         result["note"] += f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     return result
 
 
-def worker_hf_generate(folder: Path, prompt: str, batch: int, new_tokens: int, repeats: int,
-                       device: str) -> dict:
+def worker_hf_generate(
+    folder: Path, prompt: str, batch: int, new_tokens: int, repeats: int, device: str
+) -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -138,9 +146,18 @@ def worker_hf_generate(folder: Path, prompt: str, batch: int, new_tokens: int, r
 
     def run(n: int) -> None:
         with torch.inference_mode():
-            model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
-                           max_new_tokens=n, min_new_tokens=n, temperature=0.5, top_k=80, top_p=0.95,
-                           repetition_penalty=1.17, pad_token_id=EOS_ID)
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                temperature=0.5,
+                top_k=80,
+                top_p=0.95,
+                repetition_penalty=1.17,
+                pad_token_id=EOS_ID,
+            )
 
     run(4)
     first = [timed(lambda: run(1)) for _ in range(repeats)]
@@ -164,8 +181,16 @@ def worker_llamacpp(folder: Path, prompt: str, new_tokens: int, repeats: int, th
 
     def run(n: int) -> None:
         llm.reset()
-        out = llm.create_completion(ids, max_tokens=n, temperature=0.5, top_k=80, top_p=0.95, min_p=0.1,
-                                    repeat_penalty=1.17, logit_bias={EOS_ID: -1e9})
+        out = llm.create_completion(
+            ids,
+            max_tokens=n,
+            temperature=0.5,
+            top_k=80,
+            top_p=0.95,
+            min_p=0.1,
+            repeat_penalty=1.17,
+            logit_bias={EOS_ID: -1e9},
+        )
         assert out["usage"]["completion_tokens"] == n, out["usage"]
 
     run(4)
@@ -174,7 +199,7 @@ def worker_llamacpp(folder: Path, prompt: str, new_tokens: int, repeats: int, th
     return summarize(first, total, new_tokens, 1)
 
 
-REFERENCE_DRIVER = r'''
+REFERENCE_DRIVER = r"""
 import json, resource, statistics, sys, time
 import torch
 from kgen import models
@@ -195,11 +220,12 @@ for _ in range(args["repeats"]):
     t = time.perf_counter(); run(args["new_tokens"]); total.append(time.perf_counter() - t)
 print("RESULT " + json.dumps({"first": first, "total": total,
       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-'''
+"""
 
 
-def run_reference(folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int,
-                  device: str) -> dict:
+def run_reference(
+    folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int, device: str
+) -> dict:
     from oracle import OracleUnavailable, reference_dir
 
     try:
@@ -208,15 +234,28 @@ def run_reference(folder: Path, prompt: str, new_tokens: int, repeats: int, thre
         return {"error": str(exc)[:80]}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(target), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    payload = json.dumps({"folder": str(folder), "prompt": prompt, "new_tokens": new_tokens,
-                          "repeats": repeats, "threads": threads, "device": device})
+    payload = json.dumps(
+        {
+            "folder": str(folder),
+            "prompt": prompt,
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "threads": threads,
+            "device": device,
+        }
+    )
     with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.run([sys.executable, "-c", REFERENCE_DRIVER, payload], cwd=cwd, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", REFERENCE_DRIVER, payload],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": f"reference failed: {proc.stderr.strip()[-300:]}"}
-    data = json.loads(lines[-1][len("RESULT "):])
+    data = json.loads(lines[-1][len("RESULT ") :])
     result = summarize(data["first"], data["total"], new_tokens, 1)
     result["peak_mib"] = data["peak_mib"]
     return result
@@ -230,8 +269,7 @@ def run_worker(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(args.threads)
     if name in OURS:
-        return worker_ours(folder, args.prompt, OURS[name], batch, args.new_tokens, args.repeats,
-                           args.device)
+        return worker_ours(folder, args.prompt, OURS[name], batch, args.new_tokens, args.repeats, args.device)
     if name == "hf-generate-fp32":
         return worker_hf_generate(folder, args.prompt, batch, args.new_tokens, args.repeats, args.device)
     if name == "llamacpp-f16":
@@ -244,15 +282,30 @@ def run_worker(args: argparse.Namespace) -> dict:
 def measure(config: str, folder: Path, prompt: str, args: argparse.Namespace) -> dict:
     if config.startswith("reference/"):
         return run_reference(folder, prompt, args.new_tokens, args.repeats, args.threads, args.device)
-    cmd = [sys.executable, __file__, "--worker", config, "--folder", str(folder), "--prompt", prompt,
-           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        config,
+        "--folder",
+        str(folder),
+        "--prompt",
+        prompt,
+        "--new-tokens",
+        str(args.new_tokens),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": f"failed: {proc.stderr.strip()[-300:]}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -272,15 +325,21 @@ def fmt(value: float | None, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat, fewer configurations")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads for every engine (0: each engine's default, all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for every engine (0: each engine's default, all cores)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ours, the reference, generate)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated configurations, e.g. ours-auto/1,reference/1")
+    parser.add_argument(
+        "--only", default="", help="comma-separated configurations, e.g. ours-auto/1,reference/1"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--prompt", help=argparse.SUPPRESS)
@@ -298,17 +357,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kgen-decode-bench-") as tmp:
         folder = Path(tmp) / "tipo-200m-random"
         prompt = prepare(folder)
-        print(f"TIPO-200M shape, random weights, {args.new_tokens} new tokens, median of {args.repeats}, "
-              f"{os.cpu_count()} CPUs, device {device_name(args.device)}", flush=True)
+        print(
+            f"TIPO-200M shape, random weights, {args.new_tokens} new tokens, median of {args.repeats}, "
+            f"{os.cpu_count()} CPUs, device {device_name(args.device)}",
+            flush=True,
+        )
         header = f"{'configuration':<22}{'batch':>6}{'prefill ms':>12}{'decode ms/tok':>15}{'tokens/s':>10}"
         print(header + f"{'peak MiB':>10}  notes", flush=True)
         for config in configs:
             result = results[config] = measure(config, folder, prompt, args)
             name, batch = config.split("/")
-            print(f"{name:<22}{batch:>6}{fmt(result.get('prefill_ms'), '.1f'):>12}"
-                  f"{fmt(result.get('decode_ms'), '.2f'):>15}{fmt(result.get('tokens_per_s'), '.1f'):>10}"
-                  f"{fmt(result.get('peak_mib'), '.0f'):>10}  {result.get('error', result.get('note', ''))}",
-                  flush=True)
+            print(
+                f"{name:<22}{batch:>6}{fmt(result.get('prefill_ms'), '.1f'):>12}"
+                f"{fmt(result.get('decode_ms'), '.2f'):>15}{fmt(result.get('tokens_per_s'), '.1f'):>10}"
+                f"{fmt(result.get('peak_mib'), '.0f'):>10}  {result.get('error', result.get('note', ''))}",
+                flush=True,
+            )
 
     def rate(config: str) -> float:
         return results.get(config, {}).get("tokens_per_s", math.nan)
@@ -322,16 +386,21 @@ def main() -> None:
         if not math.isnan(one) and not math.isnan(eight):
             print(f"{name}: batch 8 aggregate = {eight / one:.2f}x batch 1")
     ref = results.get("reference/1", {})
-    ours_prefill = min((results[c]["prefill_ms"] for c in ours_one if "prefill_ms" in results[c]),
-                       default=math.nan)
+    ours_prefill = min(
+        (results[c]["prefill_ms"] for c in ours_one if "prefill_ms" in results[c]), default=math.nan
+    )
     if "prefill_ms" in ref:
-        print(f"prefill: ours {ours_prefill:.1f} ms vs reference {ref['prefill_ms']:.1f} ms "
-              f"({ours_prefill / ref['prefill_ms']:.2f}x)")
+        print(
+            f"prefill: ours {ours_prefill:.1f} ms vs reference {ref['prefill_ms']:.1f} ms "
+            f"({ours_prefill / ref['prefill_ms']:.2f}x)"
+        )
     if ours_one:
         best = max(ours_one, key=lambda c: -1 if math.isnan(rate(c)) else rate(c))
-        print(f"best of ours at batch 1: {best} ({rate(best):.1f} tokens/s); unquantized only: "
-              f"speedup_vs_reference={best_exact / rate('reference/1'):.2f} "
-              f"ratio_vs_llamacpp={best_exact / rate('llamacpp-f16/1'):.2f}")
+        print(
+            f"best of ours at batch 1: {best} ({rate(best):.1f} tokens/s); unquantized only: "
+            f"speedup_vs_reference={best_exact / rate('reference/1'):.2f} "
+            f"ratio_vs_llamacpp={best_exact / rate('llamacpp-f16/1'):.2f}"
+        )
     print(f"speedup_vs_reference={best_ours / rate('reference/1'):.2f}")
     print(f"ratio_vs_llamacpp={best_ours / rate('llamacpp-f16/1'):.2f}")
 

@@ -24,12 +24,13 @@ sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 import torch  # noqa: E402
 from format_model import example_prompt, load_format_model  # noqa: E402
 
-from kgen.backends.base import SamplingSettings  # noqa: E402
-from kgen.tgts import POLICIES, tag_splitter, tree_sample  # noqa: E402
+from kgen.engine.tgts import POLICIES, tag_splitter, tree_sample  # noqa: E402
+from kgen.generation import SamplingSettings  # noqa: E402
 
 # The reference's TGTS experiments: temperature 1, min-p 0.1, no other filter.
-TGTS_SETTINGS = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0,
-                                 max_new_tokens=320)
+TGTS_SETTINGS = SamplingSettings(
+    temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.0, max_new_tokens=320
+)
 # The WebUI extension's TIPO defaults (temperature 0.5, top-k 80, top-p 0.95, min-p 0.1, penalty 1.17).
 TIPO_SETTINGS = SamplingSettings(max_new_tokens=320)
 TREE_POLICIES = ["greedy", "cg-mcts", "rw-mcts"]
@@ -61,7 +62,13 @@ def mean_pairwise_jaccard_distance(sets: list[frozenset[str]]) -> float:
 
 
 def run(
-    model, tokenizer, n: int, policy: str, prompts: list[str], seed: int, options: dict,
+    model,
+    tokenizer,
+    n: int,
+    policy: str,
+    prompts: list[str],
+    seed: int,
+    options: dict,
     settings: SamplingSettings,
 ) -> Row:
     splitter = tag_splitter(tokenizer, options.get("tags_per_group", 4))
@@ -69,8 +76,15 @@ def run(
     for index, prompt in enumerate(prompts):
         ids = tokenizer(prompt)["input_ids"]
         result = tree_sample(
-            model, ids, n, settings, seed=seed + index, policy=policy, splitter=splitter,
-            eos_ids=[tokenizer.eos_token_id], decode=lambda t: tokenizer.decode(t, skip_special_tokens=True),
+            model,
+            ids,
+            n,
+            settings,
+            seed=seed + index,
+            policy=policy,
+            splitter=splitter,
+            eos_ids=[tokenizer.eos_token_id],
+            decode=lambda t: tokenizer.decode(t, skip_special_tokens=True),
             batch_size=options.get("batch_size", 16),
             policy_options=options.get(policy, {}),
         )
@@ -97,8 +111,12 @@ def main() -> None:
     parser.add_argument("--rw-exploration", type=float, default=5.0)
     parser.add_argument("--rw-root-branches", type=int, default=None)
     parser.add_argument("--cg-exploration", type=float, default=1.0)
-    parser.add_argument("--settings", choices=["tgts", "tipo"], default="tgts",
-                        help="tgts: temperature 1 + min-p 0.1 (default); tipo: the extension's defaults")
+    parser.add_argument(
+        "--settings",
+        choices=["tgts", "tipo"],
+        default="tgts",
+        help="tgts: temperature 1 + min-p 0.1 (default); tipo: the extension's defaults",
+    )
     args = parser.parse_args()
     settings = TIPO_SETTINGS if args.settings == "tipo" else TGTS_SETTINGS
     torch.set_num_threads(args.threads)
@@ -115,8 +133,10 @@ def main() -> None:
         "cg-mcts": {"exploration": args.cg_exploration},
     }
 
-    header = (f"{'N':>4} {'policy':<12} {'got':>4} {'fwd tokens':>10} {'ratio':>6} {'sep. tokens':>11} "
-              f"{'seconds':>8} {'tags':>6} {'jaccard':>7} {'peak KV KiB':>11}")
+    header = (
+        f"{'N':>4} {'policy':<12} {'got':>4} {'fwd tokens':>10} {'ratio':>6} {'sep. tokens':>11} "
+        f"{'seconds':>8} {'tags':>6} {'jaccard':>7} {'peak KV KiB':>11}"
+    )
     print(f"format model, {len(prompts)} prompt(s) per N, settings {settings}")
     print(f"options: {options}")
     print(header)
@@ -126,15 +146,18 @@ def main() -> None:
             row = run(model, tokenizer, n, policy, prompts, args.seed, options, settings)
             rows[n, policy] = row
             base = rows[n, "independent"]
-            print(f"{n:>4} {policy:<12} {row.returned:>4} {row.forward_tokens:>10} "
-                  f"{row.forward_tokens / base.forward_tokens:>6.3f} {row.separate_tokens:>11} "
-                  f"{row.seconds:>8.2f} {row.distinct_tags:>6.1f} {row.jaccard:>7.3f} "
-                  f"{row.peak_cache_kib:>11.0f}",
-                  flush=True)
+            print(
+                f"{n:>4} {policy:<12} {row.returned:>4} {row.forward_tokens:>10} "
+                f"{row.forward_tokens / base.forward_tokens:>6.3f} {row.separate_tokens:>11} "
+                f"{row.seconds:>8.2f} {row.distinct_tags:>6.1f} {row.jaccard:>7.3f} "
+                f"{row.peak_cache_kib:>11.0f}",
+                flush=True,
+            )
     n = 32 if 32 in sizes else sizes[0]
     base = rows[n, "independent"]
     eligible = [
-        rows[n, p] for p in policies
+        rows[n, p]
+        for p in policies
         if p != "independent"
         and rows[n, p].returned == base.returned
         and rows[n, p].jaccard >= 0.9 * base.jaccard

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
+from ..protocol.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
 
 PROTOCOLS = ("tipo", "tipo2", "dtg")
 DTG_GGUF_FILES = ("ggml-model-Q6_K.gguf", "ggml-model-Q8_0.gguf", "ggml-model-f16.gguf")

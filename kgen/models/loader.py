@@ -24,10 +24,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..model_store import ModelKind, ModelRef, ModelStore, transformers_files_missing
-from ..registry import ModelSpec
-from .base import Backend, Completion, SamplingSettings
-from .llamacpp import LlamaCppBackend, LlamaCppOptions, gpu_offload_supported
+from .store import ModelKind, ModelRef, ModelStore, transformers_files_missing
+from .registry import ModelSpec
+from ..generation import Backend, Completion, SamplingSettings
+from ..engine.llamacpp import LlamaCppBackend, LlamaCppOptions, gpu_offload_supported
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ HFLoader = Callable[[Path, str, str | None, Path | None], Backend]
 
 
 def load_transformers_backend(folder: Path, device: str, dtype: str | None, weights: Path | None) -> Backend:
-    from .hf import HFBackend
+    from ..engine.hf import HFBackend
 
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
@@ -188,7 +188,7 @@ def dtype_for(device: str, dtype: str | None) -> str | None:
     if device != "cpu":
         logger.info("dtype int8 is a CPU option; %s uses its automatic precision", device)
         return None
-    from .hf import fbgemm_available
+    from ..engine.hf import fbgemm_available
 
     if not fbgemm_available("int8"):
         logger.warning("this PyTorch has no FBGEMM int8 kernel; the CPU uses its automatic precision")

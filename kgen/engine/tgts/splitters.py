@@ -27,8 +27,10 @@ class SeparatorSplitter:
             raise ValueError("SeparatorSplitter needs at least one separator token id")
 
     def __call__(self, group: Sequence[int]) -> bool:
-        return bool(group) and group[-1] in self.separator_ids and (
-            sum(token in self.separator_ids for token in group) >= self.count
+        return (
+            bool(group)
+            and group[-1] in self.separator_ids
+            and (sum(token in self.separator_ids for token in group) >= self.count)
         )
 
 

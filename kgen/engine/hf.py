@@ -47,14 +47,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..generation import Completion, SamplingSettings
 from . import decode_loop
-from .base import Completion, SamplingSettings
 from .sampling import SamplerChain, build_chain, make_generator
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -65,8 +69,9 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if name == "auto":
         return None
     if name not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {value!r}; choose one of: auto, float32, bfloat16, float16, "
-                         "int8 (CPU, quantized)")
+        raise ValueError(
+            f"unknown dtype {value!r}; choose one of: auto, float32, bfloat16, float16, int8 (CPU, quantized)"
+        )
     return DTYPE_NAMES[name]
 
 
@@ -79,13 +84,18 @@ def policy_for(device: torch.device, dtype: str | torch.dtype | None) -> DTypePo
     if not is_int8(dtype):
         return DTypePolicy.for_device(device, parse_dtype(dtype))
     if device.type != "cpu":
-        raise ValueError("dtype='int8' (FBGEMM int8 matrices) is a CPU option; use auto or float16 on "
-                         f"{device.type}")
+        raise ValueError(
+            f"dtype='int8' (FBGEMM int8 matrices) is a CPU option; use auto or float16 on {device.type}"
+        )
     if not fbgemm_available("int8"):
         raise ValueError("dtype='int8' needs PyTorch's FBGEMM int8 linear, which this PyTorch lacks")
     # Quantized decoding (one row and batches); prompt processing as in the automatic policy.
-    return replace(DTypePolicy.for_device(device), decode=torch.float32, batch_decode=torch.float32,
-                   decode_matrices="int8")
+    return replace(
+        DTypePolicy.for_device(device),
+        decode=torch.float32,
+        batch_decode=torch.float32,
+        decode_matrices="int8",
+    )
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -131,8 +141,12 @@ class DTypePolicy:
     def for_device(cls, device: torch.device, dtype: torch.dtype | None = None) -> DTypePolicy:
         if dtype is not None and device.type == "cpu":
             # PyTorch's CPU attention kernels are several times slower in 16-bit dtypes: float32 cache.
-            return replace(cls.uniform(dtype), pack=packed_linear_available(), cache=torch.float32,
-                           batch_cache=torch.float32)
+            return replace(
+                cls.uniform(dtype),
+                pack=packed_linear_available(),
+                cache=torch.float32,
+                batch_cache=torch.float32,
+            )
         if dtype is not None:
             return cls.uniform(dtype)
         if device.type == "cuda":
@@ -147,11 +161,24 @@ class DTypePolicy:
         if cpu_has_fast_bf16():
             # Many rows per matmul (prompt, batches): prepacked bfloat16. One row without FBGEMM: float16's
             # matrix-vector kernel, the fastest 16-bit one of plain PyTorch.
-            return cls(prefill=torch.bfloat16, decode=torch.float32 if matrices else torch.float16,
-                       batch_decode=torch.bfloat16, cache=torch.float32, batch_cache=torch.float32,
-                       pack=packed, decode_matrices=matrices)
-        return cls(torch.float32, torch.float32, torch.float32, cache=torch.float32,
-                   batch_cache=torch.float32, pack=packed, decode_matrices=matrices)
+            return cls(
+                prefill=torch.bfloat16,
+                decode=torch.float32 if matrices else torch.float16,
+                batch_decode=torch.bfloat16,
+                cache=torch.float32,
+                batch_cache=torch.float32,
+                pack=packed,
+                decode_matrices=matrices,
+            )
+        return cls(
+            torch.float32,
+            torch.float32,
+            torch.float32,
+            cache=torch.float32,
+            batch_cache=torch.float32,
+            pack=packed,
+            decode_matrices=matrices,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -204,11 +231,21 @@ class KVCache:
     values: list[torch.Tensor]
 
     @classmethod
-    def allocate(cls, layers: int, rows: int, kv_heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> KVCache:
+    def allocate(
+        cls,
+        layers: int,
+        rows: int,
+        kv_heads: int,
+        capacity: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
         shape = (rows, kv_heads, capacity, head_dim)
-        return cls([torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)],
-                   [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)])
+        return cls(
+            [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)],
+            [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)],
+        )
 
 
 @dataclass
@@ -241,8 +278,7 @@ class TokenHistory:
 def token_history(prompts: list[list[int]], new_tokens: int) -> TokenHistory:
     known = [sorted(set(prompt)) for prompt in prompts]  # ids already checked to be in the vocabulary
     width = max(len(ids) for ids in known)
-    grid = torch.tensor([ids + [ids[0]] * (width + new_tokens - len(ids)) for ids in known],
-                        dtype=torch.long)
+    grid = torch.tensor([ids + [ids[0]] * (width + new_tokens - len(ids)) for ids in known], dtype=torch.long)
     return TokenHistory(grid, width)
 
 
@@ -293,17 +329,26 @@ def extract_llama_weights(model: Any, dtype: torch.dtype, device: torch.device) 
     layers = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        layers.append(LayerWeights(
-            attn_norm=conv(layer.input_layernorm.weight),
-            qkv=conv(torch.cat([attn.q_proj.weight.detach(), attn.k_proj.weight.detach(),
-                                attn.v_proj.weight.detach()])),
-            qkv_bias=conv(_maybe_cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])),
-            out=conv(attn.o_proj.weight),
-            out_bias=conv(attn.o_proj.bias),
-            mlp_norm=conv(layer.post_attention_layernorm.weight),
-            gate_up=conv(torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])),
-            down=conv(mlp.down_proj.weight),
-        ))
+        layers.append(
+            LayerWeights(
+                attn_norm=conv(layer.input_layernorm.weight),
+                qkv=conv(
+                    torch.cat(
+                        [
+                            attn.q_proj.weight.detach(),
+                            attn.k_proj.weight.detach(),
+                            attn.v_proj.weight.detach(),
+                        ]
+                    )
+                ),
+                qkv_bias=conv(_maybe_cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])),
+                out=conv(attn.o_proj.weight),
+                out_bias=conv(attn.o_proj.bias),
+                mlp_norm=conv(layer.post_attention_layernorm.weight),
+                gate_up=conv(torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])),
+                down=conv(mlp.down_proj.weight),
+            )
+        )
     return LlamaWeights(
         embed=conv(model.model.embed_tokens.weight),
         layers=layers,
@@ -333,8 +378,9 @@ def pack_weights(weights: LlamaWeights) -> LlamaWeights:
     def pack(t: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._reorder_linear_weight(t, 8)
 
-    layers = [replace(layer, **{name: pack(getattr(layer, name)) for name in MATRICES})
-              for layer in weights.layers]
+    layers = [
+        replace(layer, **{name: pack(getattr(layer, name)) for name in MATRICES}) for layer in weights.layers
+    ]
     return replace(weights, layers=layers, lm_head=pack(weights.lm_head))
 
 
@@ -393,8 +439,10 @@ class FbgemmMatrix:
 
 def pack_fbgemm(weights: LlamaWeights, kind: str) -> LlamaWeights:
     """Every matrix as an ``FbgemmMatrix`` of ``kind``; norms and embeddings stay float32."""
-    layers = [replace(layer, **{name: FbgemmMatrix.pack(getattr(layer, name), kind) for name in MATRICES})
-              for layer in weights.layers]
+    layers = [
+        replace(layer, **{name: FbgemmMatrix.pack(getattr(layer, name), kind) for name in MATRICES})
+        for layer in weights.layers
+    ]
     return replace(weights, layers=layers, lm_head=FbgemmMatrix.pack(weights.lm_head, kind))
 
 
@@ -432,8 +480,11 @@ class DecodeWeights:
 def decode_weights(weights: LlamaWeights, layout: str) -> DecodeWeights:
     """CPU: float32 residual stream (PyTorch's CPU norms are fused only in float32, and 16-bit elementwise
     ops are slow there). GPU: the weights' dtype, which needs no conversion kernels between layers."""
-    kinds = {"fbgemm-float16": decode_loop.FBGEMM_FP16, "fbgemm-int8": decode_loop.FBGEMM_INT8,
-             "onednn": decode_loop.ONEDNN}
+    kinds = {
+        "fbgemm-float16": decode_loop.FBGEMM_FP16,
+        "fbgemm-int8": decode_loop.FBGEMM_INT8,
+        "onednn": decode_loop.ONEDNN,
+    }
     kind = kinds.get(layout, decode_loop.DENSE)
     fbgemm = layout.startswith("fbgemm-")
     matmul_dtype = torch.float32 if fbgemm else weights.embed.dtype
@@ -444,16 +495,23 @@ def decode_weights(weights: LlamaWeights, layout: str) -> DecodeWeights:
         return matrix.packed if fbgemm else matrix
 
     matrices = [m for layer in weights.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
-    biases = [b if b is not None else none for layer in weights.layers
-              for b in (layer.qkv_bias, layer.out_bias, None, None)]
+    biases = [
+        b if b is not None else none
+        for layer in weights.layers
+        for b in (layer.qkv_bias, layer.out_bias, None, None)
+    ]
     return DecodeWeights(
-        kind=kind, embed=weights.embed,
+        kind=kind,
+        embed=weights.embed,
         attn_norms=[layer.attn_norm.to(residual) for layer in weights.layers],
         mlp_norms=[layer.mlp_norm.to(residual) for layer in weights.layers],
-        matrices=[] if fbgemm else matrices, packed=[stored(m) for m in matrices] if fbgemm else [],
-        biases=biases, norm=weights.norm.to(residual),
+        matrices=[] if fbgemm else matrices,
+        packed=[stored(m) for m in matrices] if fbgemm else [],
+        biases=biases,
+        norm=weights.norm.to(residual),
         head=([], [stored(weights.lm_head)], [none]) if fbgemm else ([weights.lm_head], [], [none]),
-        matmul_dtype=matmul_dtype, residual_dtype=residual,
+        matmul_dtype=matmul_dtype,
+        residual_dtype=residual,
     )
 
 
@@ -473,8 +531,10 @@ def _convert_weights(weights: LlamaWeights, dtype: torch.dtype, device: torch.de
             t = t.to_dense()
         return None if t is None else t.to(device=device, dtype=dtype)
 
-    layers = [LayerWeights(**{name: conv(getattr(layer, name)) for name in LayerWeights.__dataclass_fields__})
-              for layer in weights.layers]
+    layers = [
+        LayerWeights(**{name: conv(getattr(layer, name)) for name in LayerWeights.__dataclass_fields__})
+        for layer in weights.layers
+    ]
     return LlamaWeights(conv(weights.embed), layers, conv(weights.norm), conv(weights.lm_head))
 
 
@@ -527,8 +587,10 @@ class LlamaRunner:
         self.eps = config.rms_norm_eps
         self.layers = config.num_hidden_layers
         self.vocab_size = config.vocab_size
-        inv_freq = 1.0 / (rope_theta(config) ** (
-            torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
+        inv_freq = 1.0 / (
+            rope_theta(config)
+            ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim)
+        )
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
@@ -575,8 +637,9 @@ class LlamaRunner:
         self._cos, self._sin = self._cos.to(device), self._sin.to(device)
         held, self._weights, self._decode_weights = self._weights, {}, {}
         # FBGEMM copies last: off the CPU they become plain float32 and must not replace a real one.
-        for (dtype, layout), weights in sorted(held.items(), key=lambda item: self._precision(item[0]),
-                                               reverse=True):
+        for (dtype, layout), weights in sorted(
+            held.items(), key=lambda item: self._precision(item[0]), reverse=True
+        ):
             target = self.layout(dtype, decoding=layout.startswith("fbgemm-"))
             if (dtype, target) not in self._weights:
                 self._weights[(dtype, target)] = _lay_out(_convert_weights(weights, dtype, device), target)
@@ -587,12 +650,27 @@ class LlamaRunner:
             self.weights(dtype, self.layout(dtype, decoding))
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
-        return KVCache.allocate(self.layers, rows, self.kv_heads, capacity, self.head_dim,
-                                self.policy.cache_for_rows(rows), self.device)
+        return KVCache.allocate(
+            self.layers,
+            rows,
+            self.kv_heads,
+            capacity,
+            self.head_dim,
+            self.policy.cache_for_rows(rows),
+            self.device,
+        )
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
-                start: int, dtype: torch.dtype, layout: str | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        start: int,
+        dtype: torch.dtype,
+        layout: str | None = None,
+    ) -> torch.Tensor:
         """Run slots [start, start + T) of ``tokens`` (rows, T); return float32 logits of the last slot."""
         w = self.weights(dtype, layout)
         rows, length = tokens.shape
@@ -610,7 +688,7 @@ class LlamaRunner:
             qk = rotate(qkv[:, :, : heads + kv_heads], cos, sin)  # queries and keys in one go
             q = qk[:, :, :heads].transpose(1, 2)
             k = qk[:, :, heads:].transpose(1, 2)
-            v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
+            v = qkv[:, :, heads + kv_heads :].transpose(1, 2)
             key_cache, value_cache = cache.keys[index], cache.values[index]
             key_cache[:, :, start:stop] = k
             value_cache[:, :, start:stop] = v
@@ -620,7 +698,8 @@ class LlamaRunner:
                 values = values.repeat_interleave(groups, dim=1)
             if self.device.type == "cpu" and keys.dtype != torch.float32 and mask_bias is None:
                 mask_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
-                    ~mask, float("-inf"))
+                    ~mask, float("-inf")
+                )
             attn = self.attention(q.to(keys.dtype), keys, values, mask, mask_bias).to(dtype)
             attn = attn.transpose(1, 2).reshape(rows, length, q_size)
             h = h + linear(attn, layer.out, layer.out_bias)
@@ -630,8 +709,14 @@ class LlamaRunner:
         last = rms_norm(h[:, -1], w.norm, self.eps)
         return linear(last, w.lm_head).float()
 
-    def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                  mask: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        mask_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
         if mask_bias is None:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         # A 16-bit cache on a CPU (only when a policy asks for one): PyTorch's fused CPU attention is
@@ -643,8 +728,14 @@ class LlamaRunner:
 
     def prefill(self, batch: Batch, cache: KVCache, start: int) -> torch.Tensor:
         tokens = batch.token_grid()[:, start:]
-        return self.forward(tokens, batch.positions(start, batch.width),
-                            batch.attention_mask(start, batch.width), cache, start, self.policy.prefill)
+        return self.forward(
+            tokens,
+            batch.positions(start, batch.width),
+            batch.attention_mask(start, batch.width),
+            cache,
+            start,
+            self.policy.prefill,
+        )
 
     def decode(self, batch: Batch, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Tensor:
         """Logits (rows, vocab) of the token after slot ``slot``, given each row's token at that slot."""
@@ -665,11 +756,20 @@ class LlamaRunner:
         """(rows, head_dim, head_dim) float32 R with ``x @ R[i]`` = x rotated to ``positions[i]``."""
         half = self.head_dim // 2
         return torch.diag_embed(self._cos[positions]) + torch.roll(
-            torch.diag_embed(self._sin[positions]), half, dims=1)
+            torch.diag_embed(self._sin[positions]), half, dims=1
+        )
 
     @torch.inference_mode()
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                    cache: KVCache, slot: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache,
+        slot: int,
+        dtype: torch.dtype,
+        layout: str,
+    ) -> torch.Tensor:
         """One new token per row: ``tokens`` (rows, 1) at ``slot``; float32 logits (rows, vocab).
 
         The same model arithmetic as ``forward`` in fewer, cheaper ops, because decoding is dominated by
@@ -682,9 +782,27 @@ class LlamaRunner:
         rope = self.rope_matrices(positions).to(cache_dtype)
         h = F.embedding(tokens.view(-1), w.embed).to(w.residual_dtype)  # (rows, hidden)
         fused_norm = decode_loop.can_fuse_norm(h, w.norm)  # all norm weights share the residual's dtype
-        arguments = (w.kind, h, w.attn_norms, w.mlp_norms, w.matrices, w.packed, w.biases, cache.keys,
-                     cache.values, rope, mask, slot, self.eps, fused_norm, self.heads, self.kv_heads,
-                     self.head_dim, w.matmul_dtype, cache_dtype)
+        arguments = (
+            w.kind,
+            h,
+            w.attn_norms,
+            w.mlp_norms,
+            w.matrices,
+            w.packed,
+            w.biases,
+            cache.keys,
+            cache.values,
+            rope,
+            mask,
+            slot,
+            self.eps,
+            fused_norm,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            w.matmul_dtype,
+            cache_dtype,
+        )
         with torch.jit.optimized_execution(False):  # run the ops as written: no fusion, no re-specializing
             h = self.layer_loop()(*arguments)
         last = decode_loop.norm(h, w.norm, self.eps, fused_norm).to(w.matmul_dtype)
@@ -725,9 +843,14 @@ class TransformersRunner:
     @torch.inference_mode()
     def _run(self, batch: Batch, state: dict[str, Any], tokens: torch.Tensor, start: int) -> torch.Tensor:
         stop = start + tokens.shape[1]
-        out = self.model(input_ids=tokens, attention_mask=batch.valid[:, :stop].long(),
-                         position_ids=batch.positions(start, stop), use_cache=True, return_dict=True,
-                         **{self._cache_argument: state["past"]})
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=batch.valid[:, :stop].long(),
+            position_ids=batch.positions(start, stop),
+            use_cache=True,
+            return_dict=True,
+            **{self._cache_argument: state["past"]},
+        )
         past = getattr(out, "past_key_values", None)
         state["past"] = past if past is not None else getattr(out, "cache", None)
         return out.logits[:, -1].float()
@@ -817,7 +940,8 @@ class HFBackend:
             raise ValueError(f"unknown runner {choice!r}; choose auto, llama or transformers")
         if choice == "transformers" or (choice == "auto" and problem):
             self.runner: LlamaRunner | TransformersRunner = TransformersRunner(
-                self.model, self.device, policy)
+                self.model, self.device, policy
+            )
         else:
             self.model.to(self.device)
             self.runner = LlamaRunner(self.model, self.device, policy)
@@ -910,8 +1034,10 @@ class HFBackend:
         encoded = [self.encode(p) for p in prompts]
         for text, ids in zip(prompts, encoded, strict=True):
             if len(ids) >= self.context_length:
-                raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of "
-                                 f"{self.context_length} tokens: {text[:80]!r}...")
+                raise ValueError(
+                    f"prompt of {len(ids)} tokens does not fit the model's context of "
+                    f"{self.context_length} tokens: {text[:80]!r}..."
+                )
         chain = build_chain(settings)
         results: list[Completion] = []
         for first in range(0, len(encoded), self.max_batch_size):
@@ -928,22 +1054,32 @@ class HFBackend:
 
     # -- decode loop -------------------------------------------------------------------------------------
 
-    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], settings: SamplingSettings,
-                        chain: SamplerChain) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], seeds: list[int], settings: SamplingSettings, chain: SamplerChain
+    ) -> list[Completion]:
         started = time.perf_counter()
         generated, finished = self._run_batch(prompts, seeds, settings, chain)
         seconds = time.perf_counter() - started
-        return [Completion(text=self._decode_continuation(p, g), prompt_tokens=len(p),
-                           completion_tokens=len(g), seconds=seconds, finished=f)
-                for p, g, f in zip(prompts, generated, finished, strict=True)]
+        return [
+            Completion(
+                text=self._decode_continuation(p, g),
+                prompt_tokens=len(p),
+                completion_tokens=len(g),
+                seconds=seconds,
+                finished=f,
+            )
+            for p, g, f in zip(prompts, generated, finished, strict=True)
+        ]
 
-    def _run_batch(self, prompts: list[list[int]], seeds: list[int], settings: SamplingSettings,
-                   chain: SamplerChain) -> tuple[list[list[int]], list[bool]]:
+    def _run_batch(
+        self, prompts: list[list[int]], seeds: list[int], settings: SamplingSettings, chain: SamplerChain
+    ) -> tuple[list[list[int]], list[bool]]:
         runner = self.runner
         for prompt in prompts:
             if not prompt or min(prompt) < 0 or max(prompt) >= runner.vocab_size:
-                raise ValueError(f"prompt token ids must be 0..{runner.vocab_size - 1} and at least one; "
-                                 f"got {prompt[:20]}")
+                raise ValueError(
+                    f"prompt token ids must be 0..{runner.vocab_size - 1} and at least one; got {prompt[:20]}"
+                )
         width = max(len(p) for p in prompts)
         new_tokens = min(settings.max_new_tokens, self.context_length - width)
         batch = Batch(prompts, width + new_tokens, self.device, self.pad_id)
@@ -958,9 +1094,11 @@ class HFBackend:
         for step in range(new_tokens):
             active = [row for row in range(rows) if not done[row]]
             everyone = len(active) == rows
-            picked = chain(logits.cpu() if everyone else logits[active].cpu(),
-                           generators if everyone else [generators[r] for r in active],
-                           history=None if history is None else history.rows(active))
+            picked = chain(
+                logits.cpu() if everyone else logits[active].cpu(),
+                generators if everyone else [generators[r] for r in active],
+                history=None if history is None else history.rows(active),
+            )
             tokens = torch.full((rows,), self.pad_id, dtype=torch.long)
             tokens[active] = picked
             if history is not None:
@@ -1016,7 +1154,7 @@ class HFBackend:
         full = decode(head + tail, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         before = decode(head, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if full.startswith(before):
-            return full[len(before):]
+            return full[len(before) :]
         return decode(tail, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
@@ -1030,8 +1168,14 @@ def _transformers_version() -> tuple[int, ...]:
     return tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
 
 
-def load_causal_lm(location: str, *, weights: str | Path | None = None, config: Any = None,
-                   dtype: torch.dtype = torch.float32, **hub: Any) -> Any:
+def load_causal_lm(
+    location: str,
+    *,
+    weights: str | Path | None = None,
+    config: Any = None,
+    dtype: torch.dtype = torch.float32,
+    **hub: Any,
+) -> Any:
     """LlamaForCausalLM (or another native transformers causal LM class) in ``dtype``, on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, PretrainedConfig
 
@@ -1057,8 +1201,10 @@ def load_causal_lm(location: str, *, weights: str | Path | None = None, config: 
             return model_class.from_pretrained(tmp, **{**kwargs, "local_files_only": True})
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "does not recognize" in str(exc):
-            raise ValueError(f"transformers has no native class for model type {config.model_type!r} "
-                             "(custom code is never run); use a GGUF file with llama.cpp instead") from exc
+            raise ValueError(
+                f"transformers has no native class for model type {config.model_type!r} "
+                "(custom code is never run); use a GGUF file with llama.cpp instead"
+            ) from exc
         raise
 
 

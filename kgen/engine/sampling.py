@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from .base import SamplingSettings
+from ..generation import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,10 @@ class SamplerChain:
     select: Selector
 
     def __call__(
-        self, logits: torch.Tensor, generators: Sequence[torch.Generator], seen: torch.Tensor | None = None,
+        self,
+        logits: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        seen: torch.Tensor | None = None,
         history: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next token id of each row of ``logits`` (rows, vocab); one generator per row.

@@ -25,7 +25,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, SamplingSettings
+from ..generation import Completion, SamplingSettings
 
 DEFAULT_CONTEXT_LENGTH = 2048
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, SamplingSettings
+from ..generation import Completion, SamplingSettings
 
 INSTALL_HINT = (
     "install it with `pip install llama-cpp-python` (prebuilt CPU wheels: add "

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backends.base import SamplingSettings
-from ..backends.sampling import build_chain
+from ...generation import SamplingSettings
+from ..sampling import build_chain
 from .cache import KVPool, ModelAdapter
 from .distribution import NextToken, allowed_probabilities, sample_rows
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..backends.base import Completion, SamplingSettings
+from ...generation import Completion, SamplingSettings
 from .cache import CacheStats
 from .policies import POLICIES, SearchPolicy, make_policy
 from .splitters import GroupSplitter, never_split, tag_splitter
@@ -63,7 +63,7 @@ def tree_sample(
 ) -> TreeSampleResult:
     """Grow a sampling tree over ``model`` (a transformers causal LM) until ``n`` distinct completions exist.
 
-    ``splitter`` closes token groups (see :mod:`kgen.tgts.splitters`; required unless the policy is
+    ``splitter`` closes token groups (see :mod:`kgen.engine.tgts.splitters`; required unless the policy is
     ``independent``). ``batch_size`` growths advance together, one batched forward per token.
     ``max_cache_tokens`` bounds the KV pool (default: prompt + ``n`` x ``max_new_tokens``, which the pool only
     reaches if every completion is a separate branch); ``max_growths`` bounds the search
@@ -79,7 +79,9 @@ def tree_sample(
         policy = make_policy(policy, seed, **(policy_options or {}))
     if policy.splits_groups:
         if splitter is None:
-            raise ValueError(f"policy {policy.name!r} needs a group splitter (e.g. kgen.tgts.tag_splitter)")
+            raise ValueError(
+                f"policy {policy.name!r} needs a group splitter (e.g. kgen.engine.tgts.tag_splitter)"
+            )
     else:
         splitter = never_split
     if max_cache_tokens is None:

@@ -1,9 +1,9 @@
-"""Pack Danbooru category lists into ``kgen/data/danbooru_tags.bin`` (and unpack them again).
+"""Pack Danbooru category lists into ``kgen/protocol/data/danbooru_tags.bin`` (and unpack them again).
 
-``python -m kgen.data.pack_tags pack TAG_LIST_DIR`` reads ``artist.txt``, ``characters.txt``,
+``python -m kgen.protocol.data.pack_tags pack TAG_LIST_DIR`` reads ``artist.txt``, ``characters.txt``,
 ``copyrights.txt`` and ``meta.txt`` (one tag a line), as in the ``kgen/tag-list`` folder of the
-``tipo-kgen`` 0.3.1 wheel; ``python -m kgen.data.pack_tags unpack OUT_DIR`` writes the shipped lists
-back out as plain text (sorted). The format is described in ``kgen.tags.TagDatabase``.
+``tipo-kgen`` 0.3.1 wheel; ``python -m kgen.protocol.data.pack_tags unpack OUT_DIR`` writes the shipped lists
+back out as plain text (sorted). The format is described in ``kgen.protocol.tags.TagDatabase``.
 """
 
 from __future__ import annotations
@@ -52,20 +52,25 @@ def pack(lists: Mapping[TagCategory, list[str]]) -> tuple[bytes, list[str]]:
                 problems.append(f"{category.value}: unusable entry {spelling!r}")
             elif key in chosen:
                 owner, owner_spelling = chosen[key]
-                problems.append(f"{category.value}: {spelling!r} has the key of {owner.value} "
-                                f"{owner_spelling!r}; kept the latter")
+                problems.append(
+                    f"{category.value}: {spelling!r} has the key of {owner.value} "
+                    f"{owner_spelling!r}; kept the latter"
+                )
             else:
                 chosen[key] = (category, spelling)
     keys = sorted(chosen)
-    lines = [f"{key}\t{CATEGORY_CODES[chosen[key][0]]}\t{'' if chosen[key][1] == key else chosen[key][1]}\n"
-             for key in keys]
+    lines = [
+        f"{key}\t{CATEGORY_CODES[chosen[key][0]]}\t{'' if chosen[key][1] == key else chosen[key][1]}\n"
+        for key in keys
+    ]
     chunk_lines = BLOCK_LINES * CHUNK_BLOCKS
     index, payload = [], []
     for first in range(0, len(lines), chunk_lines):
         chunk = lines[first : first + chunk_lines]
         blocks = ["\n" + "".join(chunk[i : i + BLOCK_LINES]) for i in range(0, len(chunk), BLOCK_LINES)]
-        compressed = lzma.compress(BLOCK_SEPARATOR.join(blocks).encode("utf-8"), check=lzma.CHECK_CRC32,
-                                   filters=COMPRESSION)
+        compressed = lzma.compress(
+            BLOCK_SEPARATOR.join(blocks).encode("utf-8"), check=lzma.CHECK_CRC32, filters=COMPRESSION
+        )
         index.append(f"{len(compressed)}\t{keys[first]}\n")
         payload.append(compressed)
     header = f"{PACKED_HEADER} {len(index)}\n" + "".join(index)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.base import SamplingSettings
-from ..backends.sampling import Candidates, SamplerChain, SamplingContext, build_chain, draw, greedy
+from ...generation import SamplingSettings
+from ..sampling import Candidates, SamplerChain, SamplingContext, build_chain, draw, greedy
 
 
 def allowed_probabilities(

@@ -4,7 +4,7 @@ Categories come from two sources:
 
 * three small lists written here (person counts, quality/aesthetic/year/score tags, ratings);
 * the Danbooru artist, character, copyright and meta lists shipped compressed in ``kgen/data``
-  (provenance in ``kgen/data/NOTICE``), loaded on the first lookup, not at import.
+  (provenance in ``kgen/protocol/data/NOTICE``), loaded on the first lookup, not at import.
 
 Lookups are forgiving: case, ``_`` versus space, WebUI escapes (``\\(`` ``\\)`` ``\\[`` ``\\]``
 ``\\\\``) and runs of whitespace do not matter. A tag found in a list comes back spelled as in
@@ -75,29 +75,33 @@ QUALITY_TAGS: tuple[str, ...] = (
 )  # fmt: skip
 RATING_TAGS: tuple[str, ...] = ("safe", "general", "sfw", "sensitive", "nsfw", "explicit")
 
-BUILTIN_LISTS: Mapping[TagCategory, tuple[str, ...]] = MappingProxyType({
-    TagCategory.SPECIAL: SPECIAL_TAGS,
-    TagCategory.QUALITY: QUALITY_TAGS,
-    TagCategory.RATING: RATING_TAGS,
-})
+BUILTIN_LISTS: Mapping[TagCategory, tuple[str, ...]] = MappingProxyType(
+    {
+        TagCategory.SPECIAL: SPECIAL_TAGS,
+        TagCategory.QUALITY: QUALITY_TAGS,
+        TagCategory.RATING: RATING_TAGS,
+    }
+)
 DANBOORU_CATEGORIES: tuple[TagCategory, ...] = (
     TagCategory.META,
     TagCategory.COPYRIGHTS,
     TagCategory.CHARACTERS,
     TagCategory.ARTIST,
 )
-"""Categories whose lists ship in ``kgen/data/DATA_FILE``."""
+"""Categories whose lists ship in ``kgen/protocol/data/DATA_FILE``."""
 
 DATA_FILE = "danbooru_tags.bin"
 PACKED_HEADER = "kgen-tag-chunks v1"
 BLOCK_SEPARATOR = "\x1e"
 # One-letter codes of the categories inside the packed data.
-CATEGORY_CODES: Mapping[TagCategory, str] = MappingProxyType({
-    TagCategory.META: "m",
-    TagCategory.COPYRIGHTS: "p",
-    TagCategory.CHARACTERS: "c",
-    TagCategory.ARTIST: "a",
-})
+CATEGORY_CODES: Mapping[TagCategory, str] = MappingProxyType(
+    {
+        TagCategory.META: "m",
+        TagCategory.COPYRIGHTS: "p",
+        TagCategory.CHARACTERS: "c",
+        TagCategory.ARTIST: "a",
+    }
+)
 CATEGORY_BY_CODE: Mapping[str, TagCategory] = MappingProxyType({c: cat for cat, c in CATEGORY_CODES.items()})
 
 _WEBUI_ESCAPE = re.compile(r"\\([\\()\[\]])")
@@ -204,7 +208,7 @@ class _PackedIndex:
 class TagDatabase:
     """Category lists looked up by ``tag_key``; the packed Danbooru lists load piece by piece, on use.
 
-    Packed format (written by ``python -m kgen.data.pack_tags``): the text line
+    Packed format (written by ``python -m kgen.protocol.data.pack_tags``): the text line
     ``{PACKED_HEADER} <n>``, then ``n`` lines ``<compressed length><TAB><first key>``, then the ``n``
     chunks, each an xz stream. All entries, sorted by key, are cut into chunks, a chunk's lines into
     blocks of a few dozen (``BLOCK_SEPARATOR`` between blocks, each block starting with ``\\n``).

@@ -43,10 +43,25 @@ from .lengths import Length
 from .tags import TagCategory, TagMap, classify
 
 __all__ = [
-    "LONG_FIELD", "MODES", "SHORT_FIELD", "TAG_FIELD", "TIPO_V1", "MetaLine", "ParsedOutput", "TipoDialect",
-    "TipoRequest", "TipoTask",
-    "build_prompt", "first_prompt", "format_aspect_ratio", "general_text", "meta_lines", "parse_output",
-    "plan_tasks", "single_line", "wants_extra_nl",
+    "LONG_FIELD",
+    "MODES",
+    "SHORT_FIELD",
+    "TAG_FIELD",
+    "TIPO_V1",
+    "MetaLine",
+    "ParsedOutput",
+    "TipoDialect",
+    "TipoRequest",
+    "TipoTask",
+    "build_prompt",
+    "first_prompt",
+    "format_aspect_ratio",
+    "general_text",
+    "meta_lines",
+    "parse_output",
+    "plan_tasks",
+    "single_line",
+    "wants_extra_nl",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -313,12 +328,12 @@ _ENDS_WITH_SENTENCE = re.compile(r"[.!?。！？][\"')\]]*$")
 class ParsedOutput:
     """The fields of a TIPO text (model input + completion).
 
-    ``tags`` holds every category: values of the meta lines plus the classified ``tag:`` line.
-    ``tag_list`` is the ``tag:`` line as written. ``extended``/``generated`` are the ``short:`` /
-    ``long:`` captions (the first occurrence with content of each field wins). ``fields`` lists
-the field keys found, in order of first appearance;
-    ``truncated_field`` names the field cut off by the token limit (its unfinished last item was
-    dropped). ``ignored`` holds text outside any field and repeated fields.
+        ``tags`` holds every category: values of the meta lines plus the classified ``tag:`` line.
+        ``tag_list`` is the ``tag:`` line as written. ``extended``/``generated`` are the ``short:`` /
+        ``long:`` captions (the first occurrence with content of each field wins). ``fields`` lists
+    the field keys found, in order of first appearance;
+        ``truncated_field`` names the field cut off by the token limit (its unfinished last item was
+        dropped). ``ignored`` holds text outside any field and repeated fields.
     """
 
     tags: TagMap = field(default_factory=TagMap)

@@ -43,13 +43,15 @@ def _paragraphs(*parts: str) -> str:
     return "\n\n".join(parts)
 
 
-FORMAT_PRESETS: Mapping[str, str] = MappingProxyType({
-    "tag only (DTG mode)": _paragraphs(_NAMES, _GENERAL, _LABELS),
-    "NL only (Tag to NL)": _EXTENDED,
-    "Both, tag first (recommend)": _paragraphs(_NAMES, _GENERAL, _EXTENDED, _LABELS),
-    "Both, NL first (recommend)": _paragraphs(_NAMES, _EXTENDED, _GENERAL, _LABELS),
-    "Both + generated NL": _paragraphs(_NAMES, _GENERATED, _GENERAL, _EXTENDED, _LABELS),
-})
+FORMAT_PRESETS: Mapping[str, str] = MappingProxyType(
+    {
+        "tag only (DTG mode)": _paragraphs(_NAMES, _GENERAL, _LABELS),
+        "NL only (Tag to NL)": _EXTENDED,
+        "Both, tag first (recommend)": _paragraphs(_NAMES, _GENERAL, _EXTENDED, _LABELS),
+        "Both, NL first (recommend)": _paragraphs(_NAMES, _EXTENDED, _GENERAL, _LABELS),
+        "Both + generated NL": _paragraphs(_NAMES, _GENERATED, _GENERAL, _EXTENDED, _LABELS),
+    }
+)
 DEFAULT_FORMAT = "Both, tag first (recommend)"
 
 _PLACEHOLDER = re.compile(r"<\|([^<>|\n]*)\|>")
@@ -68,8 +70,11 @@ class PromptFields(TagMap):
 
     @classmethod
     def from_tag_map(cls, tags: TagMap, extended: str = "", generated: str = "") -> PromptFields:
-        return cls(**{category.value: list(names) for category, names in tags.items()},
-                   extended=extended, generated=generated)
+        return cls(
+            **{category.value: list(names) for category, names in tags.items()},
+            extended=extended,
+            generated=generated,
+        )
 
     def tag_map(self) -> TagMap:
         return TagMap(**{name: list(getattr(self, name)) for name in TAG_PLACEHOLDERS})
@@ -103,8 +108,10 @@ def resolve_template(format_or_template: str) -> str:
     if _PLACEHOLDER.search(format_or_template):
         return format_or_template
     choices = ", ".join(repr(name) for name in FORMAT_PRESETS)
-    raise ValueError(f"unknown format {format_or_template!r}: use one of {choices} "
-                     f"or a template with placeholders such as <|general|>")
+    raise ValueError(
+        f"unknown format {format_or_template!r}: use one of {choices} "
+        f"or a template with placeholders such as <|general|>"
+    )
 
 
 def placeholders(template: str) -> list[str]:
@@ -141,7 +148,7 @@ def _tidy(text: str) -> str:
 
 
 def append_new_content(original: str, new_tags: Sequence[str], new_nl: str = "") -> str:
-    """"No formatting": ``original`` exactly as typed, then the new tags, then the new caption.
+    """ "No formatting": ``original`` exactly as typed, then the new tags, then the new caption.
 
     Tags follow after ``", "`` (or just a space after a trailing comma); the caption goes on a new line.
     """

@@ -271,7 +271,7 @@ def unescape(text: str) -> str:
 
 def escape(text: str) -> str:
     """Make model output literal in a WebUI prompt: ``ganyu (genshin impact)`` -> ``ganyu \\(genshin
-    impact\\)`` (see :func:`kgen.prompt_hazards.escape_generated` for all it neutralises)."""
+    impact\\)`` (see :func:`kgen.protocol.prompt_hazards.escape_generated` for all it neutralises)."""
     return hazards.escape_generated(text)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Completion, SamplingSettings
+from ..generation import Completion, SamplingSettings
 
 _TOKEN = re.compile(r"<\|[^|<>\s]*\|>|</?s>|\w+|[^\w\s]", re.UNICODE)
 

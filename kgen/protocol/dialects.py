@@ -2,11 +2,11 @@
 
 TIPO v1 (TIPO-100M ... TIPO-500M-ft), TIPOv2-1B-A200M and TIPO-v2.1-1B-A200M share the prompt
 layout (``key: value`` metadata lines, a ``target:`` line, a ``tag:`` line that ends mid-line) but
-not every convention. A :class:`TipoDialect` holds the conventions that differ; ``kgen.tipo`` builds
-the prompt and asks the dialect. Each TIPO ``kgen.registry.ModelSpec`` carries its dialect.
+not every convention. A :class:`TipoDialect` holds the conventions that differ; ``kgen.protocol.tipo`` builds
+the prompt and asks the dialect. Each TIPO ``kgen.models.registry.ModelSpec`` carries its dialect.
 
 The attribute names (``meta_order``, ``general_categories``, ``has_quality``, ``meta_values``,
-``end_tokens``, ``strip_tokens``, ``field_keys``) are the ones ``kgen.tipo`` reads.
+``end_tokens``, ``strip_tokens``, ``field_keys``) are the ones ``kgen.protocol.tipo`` reads.
 
 Sources (README "TIPO v2 / v2.1" lists what stays unverified):
 
@@ -32,15 +32,29 @@ from .tags import TagCategory
 ERA_WORDS = ("newest", "recent", "mid", "early", "old")
 
 # Tasks the v1 reference engine requests.
-V1_TASKS = frozenset({
-    "tag_to_long", "long_to_tag", "short_to_tag", "short_to_tag_to_long", "tag_to_short_to_long",
-    "tag_to_long_to_short", "tag_to_short",
-})
+V1_TASKS = frozenset(
+    {
+        "tag_to_long",
+        "long_to_tag",
+        "short_to_tag",
+        "short_to_tag_to_long",
+        "tag_to_short_to_long",
+        "tag_to_long_to_short",
+        "tag_to_short",
+    }
+)
 # Tasks of the public v2 training renderer.
-V2_TASKS = frozenset({
-    "tag_to_long", "long_to_tag", "short_to_tag", "short_to_long", "tag_to_short_to_long",
-    "short_to_tag_to_long", "short_to_long_to_tag",
-})
+V2_TASKS = frozenset(
+    {
+        "tag_to_long",
+        "long_to_tag",
+        "short_to_tag",
+        "short_to_long",
+        "tag_to_short_to_long",
+        "short_to_tag_to_long",
+        "short_to_long_to_tag",
+    }
+)
 # Line keys other than the tag categories that a TIPO completion may contain.
 _FIELD_KEYS = ("aspect ratio", "aspect_ratio", "target", "tag", "short", "long")
 
@@ -138,8 +152,16 @@ class TipoDialect:
 # v1 writes the user's rating and quality text exactly as the reference engine does.
 TIPO_V1 = TipoDialect()
 
-_V2_QUALITY = ("masterpiece", "best quality", "great quality", "good quality", "normal quality",
-               "below average quality", "low quality", "worst quality")
+_V2_QUALITY = (
+    "masterpiece",
+    "best quality",
+    "great quality",
+    "good quality",
+    "normal quality",
+    "below average quality",
+    "low quality",
+    "worst quality",
+)
 
 TIPO_V2 = TipoDialect(
     name="tipo-v2",
@@ -154,10 +176,16 @@ TIPO_V2_1 = TipoDialect(
     name="tipo-v2.1",
     has_quality=True,
     rating_map=(
-        ("general", "safe"), ("g", "safe"), ("safe", "safe"),
-        ("sensitive", "sensitive"), ("s", "sensitive"),
-        ("questionable", "nsfw"), ("q", "nsfw"), ("nsfw", "nsfw"),
-        ("explicit", "nsfw, explicit"), ("e", "nsfw, explicit"),
+        ("general", "safe"),
+        ("g", "safe"),
+        ("safe", "safe"),
+        ("sensitive", "sensitive"),
+        ("s", "sensitive"),
+        ("questionable", "nsfw"),
+        ("q", "nsfw"),
+        ("nsfw", "nsfw"),
+        ("explicit", "nsfw, explicit"),
+        ("e", "nsfw, explicit"),
     ),
     quality_words=_V2_QUALITY,
     era_words=ERA_WORDS,

@@ -247,9 +247,7 @@ class RWMCTS(SearchPolicy):
             node.parent.self_value += node.score
 
 
-POLICIES = {
-    cls.name: cls for cls in (IndependentSampling, GreedyTree, CGMCTS, RWMCTS)
-}
+POLICIES = {cls.name: cls for cls in (IndependentSampling, GreedyTree, CGMCTS, RWMCTS)}
 
 
 def make_policy(name: str, seed: int, **options) -> SearchPolicy:

@@ -13,7 +13,7 @@ Deliberate differences from tipo-kgen 0.3.1 (README "DanTagGen"):
   whole tokens and separate tags, empty / runaway tags are dropped, a tag cut by the token limit is
   dropped, and tags the user already has do not count as new. The reference counted an empty
   completion as one tag, fed such garbage back into the next prompt and added duplicates.
-* Ban rules are :class:`kgen.postprocess.BanList`'s, the same as for TIPO, checked up front (an
+* Ban rules are :class:`kgen.protocol.postprocess.BanList`'s, the same as for TIPO, checked up front (an
   invalid regex is a clear error naming it; the reference crashed mid-generation with ``re.error``).
 * The loop is bounded (``max_attempts``), stops after ``max_unchanged`` rounds that add nothing, and
   never sends a prompt that leaves no room to generate in the backend's context window (fed-back tags
@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from .backends.base import AttemptTotals, Backend, Completion, SamplingSettings
+from ..generation import AttemptTotals, Backend, Completion, SamplingSettings
 from .lengths import DTG_TAG_TARGET, Length
 from .postprocess import BanList, is_plausible_tag, tag_key
 from .tags import TagMap
@@ -217,7 +217,7 @@ def generate_tags(
     does; there is always at least one round. Round ``i`` (0-based) uses seed ``seed + i``; after a
     round short of the target the accepted new tags are shuffled with ``random.Random(seed + i)`` and
     fed back. ``ban`` is a ban-tag string
-    or list (``kgen.postprocess.BanList`` rules), a ``BanList`` or a predicate.
+    or list (``kgen.protocol.postprocess.BanList`` rules), a ``BanList`` or a predicate.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -226,8 +226,9 @@ def generate_tags(
     length = Length.parse(length)
     banned = _ban_predicate(ban)
     target = DTG_TAG_TARGET[length]
-    base_prompt = build_prompt(tags, length, aspect_ratio, with_quality=with_quality,
-                               default_quality=default_quality)
+    base_prompt = build_prompt(
+        tags, length, aspect_ratio, with_quality=with_quality, default_quality=default_quality
+    )
     user_keys = {tag_key(t) for t in tags.all_tags()}
     user_count = len(tags.special) + len(tags.general)
 

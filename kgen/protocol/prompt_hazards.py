@@ -4,7 +4,8 @@ The WebUI reads a prompt in passes over the whole text: extra networks ``<name:a
 (anywhere, even across commas), then ``AND`` splits sub-prompts at any bracket depth (a trailing ``:number``
 is a sub-prompt weight), then the schedule grammar reads ``[a:b:n]`` / ``[a|b]`` (a ``|`` outside square
 brackets or a backslash before a line end makes it give up on the whole sub-prompt), then unclosed
-brackets weigh everything after them. The segmentation in :mod:`kgen.prompt_syntax` follows a well-formed
+brackets weigh everything after them. The segmentation in
+:mod:`kgen.protocol.prompt_syntax` follows a well-formed
 prompt; :func:`rearrange_hazard` says where it cannot, and the engine then keeps the prompt byte-for-byte.
 Pure Python, no WebUI import.
 """
