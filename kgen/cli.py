@@ -450,8 +450,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 def _report_model_failure(exc: Exception, args: argparse.Namespace, err: TextIO) -> int:
     from .engine.llamacpp import LlamaCppUnavailableError
+    from .models.errors import ModelStoreError
     from .models.loader import ModelLoadError
-    from .models.store import ModelStoreError
 
     if not isinstance(exc, (ModelStoreError, ModelLoadError, LlamaCppUnavailableError, OSError)):
         raise exc

@@ -320,8 +320,9 @@ def test_prompt_beyond_context_is_refused(backends):
 
 def test_loader_builds_llama_cpp_backend_for_gguf(tiny, llama_cpp_module, tmp_path):
     from kgen.engine.llamacpp import LlamaCppBackend
+    from kgen.models.errors import CorruptModelFileError
     from kgen.models.loader import BackendCache, LoadOptions
-    from kgen.models.store import CorruptModelFileError, ModelStore
+    from kgen.models.store import ModelStore
 
     _, _, paths = tiny
     store = ModelStore(paths["f16"].parent, offline=True, models=())

@@ -265,7 +265,7 @@ def test_gguf_without_llama_cpp_gives_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_missing_registry_files_offline_are_reported_before_loading(tmp_path):
-    from kgen.models.store import ModelFileMissingError
+    from kgen.models.errors import ModelFileMissingError
 
     with pytest.raises(ModelFileMissingError, match="offline"):
         build_backend(SPEC, store_at(tmp_path), LoadOptions("cpu"), hf_loader=RecordingHFLoader())

@@ -9,21 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from kgen.models.errors import (
+    CorruptModelFileError,
+    HubUnreachableError,
+    ModelFileMissingError,
+    UnknownModelError,
+    UntrustedNameError,
+)
+from kgen.models.files import check_gguf, check_safetensors
 from kgen.models.registry import MODELS, ModelSpec
 from kgen.models.registry import UnknownModelError as RegistryUnknownModelError
 from kgen.models.store import (
     DEFAULT_MODELS_DIR,
     MODELS_DIR_ENV,
-    CorruptModelFileError,
-    HubUnreachableError,
-    ModelFileMissingError,
     ModelKind,
     ModelRef,
     ModelStore,
-    UnknownModelError,
-    UntrustedNameError,
-    check_gguf,
-    check_safetensors,
     default_models_dir,
     offline_from_env,
 )
