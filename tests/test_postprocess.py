@@ -109,10 +109,21 @@ def test_catastrophic_patterns_are_refused(pattern):
 
 
 @pytest.mark.parametrize(
-    "pattern", [".*text", "(red|blue) hair", "a{2,5}", "[a-z]+_(x)", "(a|b)*c", r"\(.*\)"]
+    ("pattern", "matching", "other"),
+    [
+        (".*text", "english text", "texture"),
+        ("(red|blue) hair", "blue hair", "green hair"),
+        ("a{2,5}", "aaa", "a"),
+        ("[a-z]+_(x)", "abc_x", "ABC_x"),
+        ("(a|b)*c", "ababc", "abab"),
+        (r"\(.*\)", "(artist)", "artist"),
+    ],
 )
-def test_ordinary_patterns_are_accepted(pattern):
-    compile_ban_pattern(pattern)
+def test_ordinary_patterns_are_accepted_and_compiled_as_written(pattern, matching, other):
+    compiled = compile_ban_pattern(pattern)
+    assert compiled.pattern == pattern
+    assert compiled.fullmatch(matching)
+    assert not compiled.fullmatch(other)
 
 
 def test_pattern_length_and_repeat_count_are_bounded():
