@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from .generation import Backend, Completion, SamplingSettings
 from .protocol import dtg
 from .protocol.budget import PromptTooLongError, TokenBudget
-from .protocol.lengths import Length
 from .protocol.request import (
     DEFAULT_FORMAT,
     SEED_LIMIT,
@@ -84,12 +83,10 @@ def _steps(
     return request_steps(request, token_budget(backend), model, sampling, policy)
 
 
-def generate_tags(
-    backend: Backend, tags: TagMap, *, length: Length | str = Length.LONG, **options: Any
-) -> dtg.DtgResult:
-    """DanTagGen's extend-and-retry loop (``kgen.protocol.dtg.tag_steps``) on the user's tags alone;
-    ``options`` are ``tag_steps``'s keywords."""
-    return drive(dtg.tag_steps(tags, token_budget(backend), length=length, **options), backend)
+def generate_tags(backend: Backend, tags: TagMap, **options: Any) -> dtg.DtgResult:
+    """DanTagGen's extend-and-retry loop on the user's tags alone; ``options`` are the keywords of
+    ``kgen.protocol.dtg.tag_steps`` (``length``, ``seed``, ``ban``, ``settings``, ...)."""
+    return drive(dtg.tag_steps(tags, token_budget(backend), **options), backend)
 
 
 def upsample(

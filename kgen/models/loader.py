@@ -24,10 +24,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .store import ModelKind, ModelRef, ModelStore, transformers_files_missing
-from .registry import ModelSpec
-from ..generation import Backend, Completion, SamplingSettings
 from ..engine.llamacpp import LlamaCppBackend, LlamaCppOptions, gpu_offload_supported
+from ..generation import Backend, Completion, SamplingSettings
+from .registry import ModelSpec
+from .store import ModelKind, ModelRef, ModelStore, transformers_files_missing
 
 logger = logging.getLogger(__name__)
 

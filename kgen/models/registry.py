@@ -62,30 +62,59 @@ _LLAMA_DTG = "LLaMA (LlamaForCausalLM, mish activation), ~400M, 32,006-token Sen
 
 
 def _tipo_v1(repo: str, gguf: str, notes: str = "") -> ModelSpec:
-    return ModelSpec(name=repo, hub_id=f"KBlueLeaf/{repo}", gguf_files=(gguf,), protocol="tipo",
-                     has_quality=True, architecture=_LLAMA_TIPO, context_length=2048, vocab_size=32013,
-                     dialect="tipo-v1", notes=notes)
+    return ModelSpec(
+        name=repo,
+        hub_id=f"KBlueLeaf/{repo}",
+        gguf_files=(gguf,),
+        protocol="tipo",
+        has_quality=True,
+        architecture=_LLAMA_TIPO,
+        context_length=2048,
+        vocab_size=32013,
+        dialect="tipo-v1",
+        notes=notes,
+    )
 
 
 def _dtg(repo: str, has_quality: bool, notes: str = "") -> ModelSpec:
-    return ModelSpec(name=repo, hub_id=f"KBlueLeaf/{repo}", gguf_files=DTG_GGUF_FILES, protocol="dtg",
-                     has_quality=has_quality, architecture=_LLAMA_DTG, context_length=2048,
-                     vocab_size=32006, notes=notes)
+    return ModelSpec(
+        name=repo,
+        hub_id=f"KBlueLeaf/{repo}",
+        gguf_files=DTG_GGUF_FILES,
+        protocol="dtg",
+        has_quality=has_quality,
+        architecture=_LLAMA_DTG,
+        context_length=2048,
+        vocab_size=32006,
+        notes=notes,
+    )
 
 
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        name="TIPO-v2.1-1B-A200M", hub_id="KBlueLeaf/TIPO-v2.1-1B-A200M",
+        name="TIPO-v2.1-1B-A200M",
+        hub_id="KBlueLeaf/TIPO-v2.1-1B-A200M",
         gguf_files=("TIPO-v2.1-1B-A200M-f16.gguf", "gguf/TIPO-v2.1-1B-A200M-Q8_0.gguf"),
-        protocol="tipo2", has_quality=True, architecture=_MOE_TIPO, context_length=4096, vocab_size=65536,
-        dialect="tipo-v2.1", transformers_native=False,
+        protocol="tipo2",
+        has_quality=True,
+        architecture=_MOE_TIPO,
+        context_length=4096,
+        vocab_size=65536,
+        dialect="tipo-v2.1",
+        transformers_native=False,
         notes="retrain of v2 on corrected metadata (ratings, quality per year, person-count tags)",
     ),
     ModelSpec(
-        name="TIPOv2-1B-A200M", hub_id="KBlueLeaf/TIPOv2-1B-A200M",
+        name="TIPOv2-1B-A200M",
+        hub_id="KBlueLeaf/TIPOv2-1B-A200M",
         gguf_files=("TIPOv2-1B-A200M-f16.gguf",),
-        protocol="tipo2", has_quality=True, architecture=_MOE_TIPO, context_length=2048, vocab_size=65536,
-        dialect="tipo-v2", transformers_native=False,
+        protocol="tipo2",
+        has_quality=True,
+        architecture=_MOE_TIPO,
+        context_length=2048,
+        vocab_size=65536,
+        dialect="tipo-v2",
+        transformers_native=False,
         notes="trained on 2048-token packed sequences (v2.1 raised this to 4096)",
     ),
     _tipo_v1("TIPO-500M-ft", "TIPO-500M-ft-F16.gguf"),

@@ -44,6 +44,16 @@ class PromptTooLongError(ValueError):
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
         self.min_new_tokens = min_new_tokens
+        self._hint = hint
+
+    def __reduce__(self):  # picklable (bulk results cross process boundaries)
+        return type(self), (
+            self.prompt,
+            self.prompt_tokens,
+            self.context_length,
+            self.min_new_tokens,
+            self._hint,
+        )
 
 
 class TrimRule(Enum):
