@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from kgen.engine.replay import replay
 from kgen.generation import SamplingSettings
+from kgen.pipeline import generate_tags
 from kgen.protocol.dtg import (
     DTG_SAMPLING,
     INPUT_END,
     PromptTooLongError,
     build_prompt,
     feed_back_prompt,
-    generate_tags,
     parse_completion,
 )
 from kgen.protocol.lengths import DTG_TAG_TARGET, Length

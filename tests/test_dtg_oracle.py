@@ -17,7 +17,8 @@ from oracle import TARGET_DIR, reference_or_skip
 
 from kgen.engine.replay import replay
 from kgen.models.registry import find_model
-from kgen.protocol.dtg import DEFAULT_QUALITY, build_prompt, generate_tags
+from kgen.pipeline import generate_tags
+from kgen.protocol.dtg import DEFAULT_QUALITY, build_prompt
 from kgen.protocol.lengths import Length
 from kgen.protocol.tags import TagCategory, TagMap, classify
 

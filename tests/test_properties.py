@@ -5,7 +5,16 @@ from hypothesis import strategies as st
 
 from kgen.engine.replay import ReplayBackend
 from kgen.models.registry import find_model
-from kgen.pipeline import PromptTooLongError, RetryPolicy, UpsampleRequest, upsample, upsample_many
+from kgen.pipeline import (
+    PromptTooLongError,
+    RetryPolicy,
+    UpsampleRequest,
+    first_model_input,
+    upsample,
+    upsample_many,
+)
+from kgen.protocol import dtg
+from kgen.protocol.dtg import DTG_SAMPLING
 from kgen.protocol.lengths import TIPO_NL_BOUNDS, TIPO_TAG_BOUNDS, Length
 from kgen.protocol.postprocess import split_sentences
 from kgen.protocol.tags import TagCategory, classify
@@ -76,13 +85,30 @@ def check_user_content_kept(request: UpsampleRequest, result) -> None:
         assert sentence.lower() in extended
 
 
+POLICY = RetryPolicy(max_attempts=4)
+
+
+def check_real_overflow(request, model, backend, error: PromptTooLongError) -> None:
+    """The refused model input holds the user's own text only and truly leaves too little room."""
+    is_dtg = model is not None and model.protocol == "dtg"
+    min_room = min(dtg.MIN_NEW_TOKENS, DTG_SAMPLING.max_new_tokens) if is_dtg else POLICY.min_new_tokens
+    assert error.min_new_tokens == min_room
+    assert error.context_length == backend.context_length
+    assert error.prompt_tokens == backend.count_tokens(error.prompt)
+    assert backend.count_tokens(error.prompt) + min_room > backend.context_length
+    if is_dtg:
+        assert not backend.prompts  # DanTagGen only refuses its first round; later ones stop early
+    if not backend.prompts:  # refused before any generation: the first model input, nothing fed back
+        assert error.prompt == first_model_input(request, model)
+
+
 def run(request, completions, model=None, context_length=4096):
     backend = ReplayBackend(list(completions), context_length=context_length, when_exhausted="empty")
     try:
-        return upsample(request, backend, model, policy=RetryPolicy(max_attempts=4)), backend
-    except PromptTooLongError:
+        return upsample(request, backend, model, policy=POLICY), backend
+    except PromptTooLongError as error:
         # The only documented failure for a valid request; it must be a real overflow.
-        assert backend.count_tokens(backend.prompts[0] if backend.prompts else "") <= context_length
+        check_real_overflow(request, model, backend, error)
         return None, backend
 
 

@@ -14,7 +14,7 @@ from kgen.models.registry import (
     models_for,
     parse_model_choice,
 )
-from kgen.protocol.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
+from kgen.protocol.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect, dialect_named
 from kgen.protocol.tags import TagCategory
 
 EXPECTED = [
@@ -110,9 +110,9 @@ def test_architecture_facts():
             assert "LLaMA" in spec.architecture
     assert find_model("TIPO-v2.1-1B-A200M").context_length == 4096
     assert find_model("TIPOv2-1B-A200M").context_length == 2048  # trained on 2048-token sequences
-    assert find_model("TIPO-v2.1-1B-A200M").dialect is TIPO_V2_1
-    assert find_model("TIPOv2-1B-A200M").dialect is TIPO_V2
-    assert {s.dialect for s in MODELS if s.protocol == "tipo"} == {TIPO_V1}
+    assert dialect_named(find_model("TIPO-v2.1-1B-A200M").dialect) is TIPO_V2_1
+    assert dialect_named(find_model("TIPOv2-1B-A200M").dialect) is TIPO_V2
+    assert {dialect_named(s.dialect) for s in MODELS if s.protocol == "tipo"} == {TIPO_V1}
     assert all(s.dialect is None for s in models_for("dtg"))
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol.dialects import TIPO_V1, TIPO_V2, TIPO_V2_1, TipoDialect
-
 PROTOCOLS = ("tipo", "tipo2", "dtg")
 DTG_GGUF_FILES = ("ggml-model-Q6_K.gguf", "ggml-model-Q8_0.gguf", "ggml-model-f16.gguf")
 
@@ -20,7 +18,8 @@ class ModelSpec:
 
     ``gguf_files`` are paths inside the hub repo (a file in a subfolder keeps its folder, e.g.
     ``gguf/X.gguf``), best-quality first. ``has_quality`` is whether the model was trained with a
-    ``quality:`` line. ``dialect`` is the TIPO dialect (``None`` for DanTagGen).
+    ``quality:`` line. ``dialect`` names the TIPO dialect (``None`` for DanTagGen); the protocol maps the
+    name to its conventions (``kgen.protocol.dialects.dialect_named``).
     ``context_length`` is prompt + completion tokens the model was built for.
     """
 
@@ -32,7 +31,7 @@ class ModelSpec:
     architecture: str
     context_length: int
     vocab_size: int
-    dialect: TipoDialect | None = None
+    dialect: str | None = None
     notes: str = ""
     transformers_native: bool = True  # False: transformers has no class for it (never trust_remote_code)
 
@@ -72,7 +71,7 @@ def _tipo_v1(repo: str, gguf: str, notes: str = "") -> ModelSpec:
         architecture=_LLAMA_TIPO,
         context_length=2048,
         vocab_size=32013,
-        dialect=TIPO_V1,
+        dialect="tipo-v1",
         notes=notes,
     )
 
@@ -101,7 +100,7 @@ MODELS: tuple[ModelSpec, ...] = (
         architecture=_MOE_TIPO,
         context_length=4096,
         vocab_size=65536,
-        dialect=TIPO_V2_1,
+        dialect="tipo-v2.1",
         transformers_native=False,
         notes="retrain of v2 on corrected metadata (ratings, quality per year, person-count tags)",
     ),
@@ -114,7 +113,7 @@ MODELS: tuple[ModelSpec, ...] = (
         architecture=_MOE_TIPO,
         context_length=2048,
         vocab_size=65536,
-        dialect=TIPO_V2,
+        dialect="tipo-v2",
         transformers_native=False,
         notes="trained on 2048-token packed sequences (v2.1 raised this to 4096)",
     ),

@@ -3,7 +3,8 @@
 TIPO v1 (TIPO-100M ... TIPO-500M-ft), TIPOv2-1B-A200M and TIPO-v2.1-1B-A200M share the prompt
 layout (``key: value`` metadata lines, a ``target:`` line, a ``tag:`` line that ends mid-line) but
 not every convention. A :class:`TipoDialect` holds the conventions that differ; ``kgen.protocol.tipo`` builds
-the prompt and asks the dialect. Each TIPO ``kgen.models.registry.ModelSpec`` carries its dialect.
+the prompt and asks the dialect. Each TIPO ``kgen.models.registry.ModelSpec`` names its dialect
+(:func:`dialect_named` maps the name to the object).
 
 The attribute names (``meta_order``, ``general_categories``, ``has_quality``, ``meta_values``,
 ``end_tokens``, ``strip_tokens``, ``field_keys``) are the ones ``kgen.protocol.tipo`` reads.
@@ -194,3 +195,11 @@ TIPO_V2_1 = TipoDialect(
 )
 
 DIALECTS = {d.name: d for d in (TIPO_V1, TIPO_V2, TIPO_V2_1)}
+
+
+def dialect_named(name: str) -> TipoDialect:
+    """The dialect a model registry entry names (``kgen.models.registry.ModelSpec.dialect``)."""
+    try:
+        return DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"unknown TIPO dialect {name!r}; known: {', '.join(DIALECTS)}") from None

@@ -2,8 +2,9 @@
 
 A DanTagGen model reads a block of metadata lines ending in ``general: <tags><|input_end|>`` and
 continues with more general tags. The prompt follows the format on the DanTagGen model cards (the
-same text tipo-kgen 0.3.1 builds); the loop asks the backend for more tags until the request's tag
-count target is met, feeding accepted tags back into the next prompt as the reference does.
+same text tipo-kgen 0.3.1 builds); the loop (:func:`tag_steps`, a step generator that yields generation
+calls and never sees a backend) asks for more tags until the request's tag count target is met,
+feeding accepted tags back into the next prompt as the reference does.
 
 Deliberate differences from tipo-kgen 0.3.1 (README "DanTagGen"):
 
@@ -16,8 +17,9 @@ Deliberate differences from tipo-kgen 0.3.1 (README "DanTagGen"):
 * Ban rules are :class:`kgen.protocol.postprocess.BanList`'s, the same as for TIPO, checked up front (an
   invalid regex is a clear error naming it; the reference crashed mid-generation with ``re.error``).
 * The loop is bounded (``max_attempts``), stops after ``max_unchanged`` rounds that add nothing, and
-  never sends a prompt that leaves no room to generate in the backend's context window (fed-back tags
-  are dropped first). Randomness is ``random.Random(seed + attempt)``, never the global RNG.
+  never sends a prompt that leaves no room to generate in the model's context window (fed-back tags
+  are dropped first, ``kgen.protocol.budget``). Randomness is ``random.Random(seed + attempt)``, never
+  the global RNG.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
 
-from ..generation import AttemptTotals, Backend, Completion, SamplingSettings
+from ..generation import AttemptTotals, Completion, SamplingSettings
+from .budget import FittedPrompt, PromptTooLongError, TokenBudget, TrimRule, fit_prompt
 from .lengths import DTG_TAG_TARGET, Length
 from .postprocess import BanList, is_plausible_tag, tag_key
+from .request import GenerationCall
 from .tags import TagMap
 
 INPUT_END = "<|input_end|>"
@@ -136,10 +140,6 @@ def feed_back_prompt(base_prompt: str, fed_tags: Iterable[str]) -> str:
     return base_prompt + ", ".join(fed_tags)
 
 
-class PromptTooLongError(ValueError):
-    """The DanTagGen prompt leaves no room to generate within the model's context window."""
-
-
 @dataclass(frozen=True)
 class DtgAttempt:
     """One round of the loop."""
@@ -184,22 +184,24 @@ def _ban_predicate(ban: BanSpec) -> Callable[[str], bool]:
     return BanList.parse(ban).bans
 
 
-def _fit_prompt(
-    backend: Backend, base_prompt: str, fed: list[str], max_new_tokens: int
-) -> tuple[str, list[str], int]:
-    """The longest feed-back prompt that leaves room to generate; drops fed tags from the end."""
-    while True:
-        prompt = feed_back_prompt(base_prompt, fed)
-        room = backend.context_length - backend.count_tokens(prompt)
-        if room >= min(MIN_NEW_TOKENS, max_new_tokens) or not fed:
-            return prompt, fed, room
-        # Drop enough tags at once that a long feed shrinks in few token counts.
-        fed = fed[: max(0, min(len(fed) - 1, len(fed) * 3 // 4))]
+def _fit_round(
+    budget: TokenBudget, base_prompt: str, fed: list[str], settings: SamplingSettings
+) -> FittedPrompt:
+    """This round's model input: the base prompt with as many fed-back tags as leave room to generate."""
+    return fit_prompt(
+        budget,
+        lambda kept: feed_back_prompt(base_prompt, fed[:kept]),
+        len(fed),
+        settings,
+        min_new_tokens=MIN_NEW_TOKENS,
+        rule=TrimRule.DROP_QUARTERS,
+        hint="remove some tags",
+    )
 
 
-def generate_tags(
-    backend: Backend,
+def tag_steps(
     tags: TagMap,
+    budget: TokenBudget,
     *,
     length: Length | str = Length.LONG,
     aspect_ratio: float = 1.0,
@@ -210,8 +212,10 @@ def generate_tags(
     max_attempts: int = 20,
     max_unchanged: int = 5,
     default_quality: str = DEFAULT_QUALITY,
-) -> DtgResult:
+) -> Generator[GenerationCall, Completion, DtgResult]:
     """Extend the user's tags with DanTagGen until ``DTG_TAG_TARGET[length]`` tags are reached.
+
+    A step generator: each round yields its :class:`GenerationCall` and receives the completion.
 
     The target counts the user's person-count and general tags plus the new ones, as the reference
     does; there is always at least one round. Round ``i`` (0-based) uses seed ``seed + i``; after a
@@ -240,17 +244,15 @@ def generate_tags(
     stop_reason = "attempts"
     for attempt in range(max_attempts):
         round_seed = seed + attempt
-        prompt, fed, room = _fit_prompt(backend, base_prompt, fed, settings.max_new_tokens)
-        if room < min(MIN_NEW_TOKENS, settings.max_new_tokens):
+        try:
+            fitted = _fit_round(budget, base_prompt, fed, settings)
+        except PromptTooLongError:
             if not attempts:
-                raise PromptTooLongError(
-                    f"the DanTagGen prompt needs {backend.count_tokens(prompt)} tokens but the model's "
-                    f"context window is {backend.context_length}; remove some tags"
-                )
+                raise
             stop_reason = "context"
             break
-        round_settings = replace(settings, max_new_tokens=min(settings.max_new_tokens, room))
-        completion = backend.generate([prompt], round_settings, [round_seed])[0]
+        prompt, fed = fitted.prompt, fed[: fitted.kept]
+        completion = yield GenerationCall(prompt, fitted.settings, round_seed)
         # Parse fed tags and continuation together: the model may extend the last fed tag.
         found = parse_completion(", ".join(fed) + completion.text, finished=completion.finished)
         added = []

@@ -12,9 +12,10 @@ import json
 import sys
 
 import kgen.executor.dtg as ref_dtg
-import kgen.models as ref_models
 from kgen.formatter import seperate_tags
 from kgen.metainfo import TARGET
+
+import kgen.models as ref_models
 
 
 class _FakeModel:
