@@ -32,18 +32,17 @@ from .tags import TagCategory
 
 ERA_WORDS = ("newest", "recent", "mid", "early", "old")
 
-# Tasks the v1 reference engine requests.
-V1_TASKS = frozenset(
-    {
-        "tag_to_long",
-        "long_to_tag",
-        "short_to_tag",
-        "short_to_tag_to_long",
-        "tag_to_short_to_long",
-        "tag_to_long_to_short",
-        "tag_to_short",
-    }
+# Tasks the v1 reference engine requests, in the order its planner names them.
+V1_MODES = (
+    "tag_to_long",
+    "long_to_tag",
+    "short_to_tag",
+    "short_to_tag_to_long",
+    "tag_to_short_to_long",
+    "tag_to_long_to_short",
+    "tag_to_short",
 )
+V1_TASKS = frozenset(V1_MODES)
 # Tasks of the public v2 training renderer.
 V2_TASKS = frozenset(
     {

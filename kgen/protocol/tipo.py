@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .dialects import TIPO_V1, TipoDialect
+from .dialects import TIPO_V1, V1_MODES, TipoDialect
 from .lengths import Length
 from .tags import TagCategory, TagMap, classify
 
@@ -73,15 +73,7 @@ LONG_FIELD = "long"  # a caption generated from the tags ("generated" output)
 
 #: The task modes the planner uses (TIPO v1 names); ``None`` means "tags only". A dialect may
 #: know more (``TipoDialect.tasks``); any ``field_to_field...`` chain of tag/short/long is accepted.
-MODES = (
-    "tag_to_long",
-    "long_to_tag",
-    "short_to_tag",
-    "short_to_tag_to_long",
-    "tag_to_short_to_long",
-    "tag_to_long_to_short",
-    "tag_to_short",
-)
+MODES = V1_MODES
 _MODE_SHAPE = re.compile(r"(tag|short|long)(_to_(tag|short|long))+")
 
 
