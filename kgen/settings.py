@@ -91,7 +91,8 @@ class OptionInfo:
     stack: int = 0
     control: str = TEXTBOX
     choices_from: str = ""  # "models" / "formats": choices the application knows at run time
-    ui: Mapping[str, Any] = field(default_factory=dict)  # further arguments of the UI component
+    # further arguments of the UI component ("show_info": show ``info`` under it)
+    ui: Mapping[str, Any] = field(default_factory=dict)
     request: str = ""  # the UpsampleRequest field it sets
     sampling: str = ""  # the SamplingSettings field it sets
     cli: CliOption | None = None
@@ -164,6 +165,7 @@ class TipoSettings:
         info="after: every image of the batch, after wildcards/styles; before: once, before them",
         affects_prompt=False,
         row=1,
+        ui={"show_info": True},
     )
     model: str = option(
         DEFAULT_MODEL,

@@ -41,7 +41,7 @@ class FailingBackend(ReplayBackend):
 @pytest.fixture
 def engine(monkeypatch):
     engine = MarkingEngine(backends=FixedBackends(None))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     return engine
 
 
@@ -205,7 +205,7 @@ def test_named_api_args_take_the_settings_page_defaults(engine, monkeypatch):
 
 def test_failing_backend_keeps_prompt_warns_and_still_makes_the_image(monkeypatch):
     engine = tipo.Engine(backends=FixedBackends(FailingBackend([])))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     p = job(Settings(enabled=True, seed=1), batch_size=2)
     processed = process_images(p)
     assert processed.all_prompts == ["1girl, <lora:x:0.8>, (smile:1.2)"] * 2
@@ -311,7 +311,7 @@ def test_real_pipeline_with_replay_backend_keeps_syntax_and_caches(monkeypatch):
         lambda prompt, seed: "tag: long hair, blue sky, 1girl, smile", when_exhausted="repeat_last"
     )
     engine = tipo.Engine(backends=FixedBackends(replay))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     prompt = "<lora:style:0.7>, 1girl, (smile:1.2), [dog:cat:0.5] BREAK sunset"
     for no_formatting in (True, False):
         p = job(

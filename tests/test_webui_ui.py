@@ -142,7 +142,7 @@ def test_extra_prompt_boxes_sit_right_under_the_main_prompt(page):
 
 
 def test_event_wiring(page, monkeypatch):
-    monkeypatch.setattr(tipo, "ENGINE", MarkingEngine(backends=object()))
+    monkeypatch.setattr(tipo, "engine", lambda: MarkingEngine(backends=object()))
     deps = _dependencies(page.demo)
     by_name = dict(zip(Settings.names(), page.controls, strict=True))
 
