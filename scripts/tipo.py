@@ -133,7 +133,10 @@ def webui_ui():
     """The UI builder (imports gradio): tipo_webui/ui.py under a private name, with what it needs of kgen."""
     load_private_package(EXTENSION_ROOT / "tipo_webui", PRIVATE_UI)
     ui = importlib.import_module(f"{PRIVATE_UI}.ui")
-    return ui.TipoUi(settings_module, configured_defaults, model_choices, format_presets, preset_template)
+    options = kgen_module("options")
+    return ui.TipoUi(
+        settings_module, options, configured_defaults, model_choices, format_presets, preset_template
+    )
 
 
 # ============================================================================================ hooks

@@ -45,6 +45,7 @@ class TipoUi:
     """Builds the UI of one tab (txt2img / img2img) from the settings' metadata."""
 
     settings: ModuleType  # the vendored kgen.settings
+    metadata: ModuleType  # the vendored kgen.options: the sections and control kinds of the metadata
     defaults: Callable[[], Any]  # the TipoSettings chosen on the settings page
     model_choices: Callable[[], list[str]]
     format_presets: Callable[[], list[str]]
@@ -68,20 +69,20 @@ class TipoUi:
 
     def control(self, name: str, info, value: Any, elem_id: str, **extra: Any):
         """The gradio component of one setting (``info.control``)."""
-        s = self.settings
+        o = self.metadata
         arguments = {"label": info.label, "elem_id": elem_id, **info.ui, **extra}
         if arguments.pop("show_info", False):
             arguments["info"] = info.info
-        if info.control == s.CHECKBOX:
+        if info.control == o.CHECKBOX:
             return gr.Checkbox(value=bool(value), **arguments)
-        if info.control == s.RADIO:
+        if info.control == o.RADIO:
             return gr.Radio(choices=self.choices(info), value=value, **arguments)
-        if info.control == s.DROPDOWN:
+        if info.control == o.DROPDOWN:
             return gr.Dropdown(choices=self.choices(info, value), value=value, **arguments)
-        if info.control == s.SLIDER:
+        if info.control == o.SLIDER:
             bounds = {"minimum": info.minimum, "maximum": info.maximum, "step": info.step}
             return gr.Slider(value=value, **bounds, **arguments)
-        if info.control == s.NUMBER:
+        if info.control == o.NUMBER:
             return gr.Number(value=value, precision=0 if info.kind is int else None, **arguments)
         return gr.Textbox(value=value, **arguments)
 
@@ -101,7 +102,7 @@ class TipoUi:
         hidden = bool(getattr(shared.opts, "tipo_hide_extra_prompts", False))
         with gr.Column(visible=not hidden, elem_id=f"{tab}_tipo_prompts", elem_classes=["tipo-prompts"]):
             for name, info, _ in self.options:
-                if info.section == self.settings.PROMPT_BOXES:
+                if info.section == self.metadata.PROMPT_BOXES:
                     script.extra_prompts[name] = gr.Textbox(
                         label=f"{info.label} (TIPO)", elem_id=f"{tab}_tipo_{name}", **info.ui
                     )
@@ -200,18 +201,18 @@ class TipoUi:
         """The settings-page component for one setting's default. The WebUI infers one only for str, int and
         bool defaults (and fails to build the whole settings page on any other type), so every default gets
         an explicit component: the kind of control the accordion uses, a dropdown for any choice."""
-        s = self.settings
+        o = self.metadata
         if info.choices_from == "models":
             return gr.Dropdown, lambda: {
                 "choices": self.choices(info, getattr(shared.opts, "tipo_default_model", None))
             }
         if info.choices or info.choices_from:
             return gr.Dropdown, {"choices": self.choices(info)}
-        if info.control == s.CHECKBOX:
+        if info.control == o.CHECKBOX:
             return gr.Checkbox, None
-        if info.control == s.SLIDER:
+        if info.control == o.SLIDER:
             return gr.Slider, {"minimum": info.minimum, "maximum": info.maximum, "step": info.step}
-        if info.control == s.NUMBER:
+        if info.control == o.NUMBER:
             return gr.Number, {"precision": 0} if info.kind is int else None
         return gr.Textbox, {"lines": 3} if info.ui.get("lines", 1) > 1 else None
 
@@ -232,11 +233,11 @@ class _TabUi:
         return f"{self.tab}_tipo_{item}"
 
     def fill(self) -> None:
-        s = self.ui.settings
-        self.rows(s.TOGGLE)  # with an InputAccordion, its checkbox is "enabled" already
-        self.rows(s.MAIN)
+        o = self.ui.metadata
+        self.rows(o.TOGGLE)  # with an InputAccordion, its checkbox is "enabled" already
+        self.rows(o.MAIN)
         with gr.Accordion("Sampling", open=False, elem_id=self.eid("sampling")):
-            self.rows(s.SAMPLING)
+            self.rows(o.SAMPLING)
         with gr.Row(elem_classes=["tipo-row"]):
             self.tools["generate"] = gr.Button(
                 "Generate prompt", variant="secondary", elem_id=self.eid("generate"), scale=1
@@ -248,9 +249,9 @@ class _TabUi:
         )
         self.tools["use"] = gr.Button("Use as prompt", size="sm", elem_id=self.eid("use_preview"))
         for name, info, _ in self.ui.options:
-            if info.section == s.PROMPT_BOXES and name in self.script.extra_prompts:
+            if info.section == o.PROMPT_BOXES and name in self.script.extra_prompts:
                 self.controls[name] = self.script.extra_prompts[name]
-            elif info.section in (s.PROMPT_BOXES, s.PASTED):
+            elif info.section in (o.PROMPT_BOXES, o.PASTED):
                 # hidden: pasted values, or no prompt row to attach to (API-only start); keeps the arg order
                 self.controls[name] = gr.Textbox(value="", visible=False, elem_id=self.eid(name))
             elif name not in self.controls:  # a section this layout does not show: hidden, the order kept
