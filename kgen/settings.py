@@ -367,7 +367,7 @@ class TipoSettings:
     def to_infotext(self, *, seed: int | None = None) -> str:
         """Compact JSON for the image's infotext: the version plus every setting that differs from its default
         (``seed`` replaces a random -1 by the seed actually used)."""
-        defaults = TipoSettings()
+        defaults = type(self)()
         data: dict[str, Any] = {"v": SCHEMA_VERSION}
         for name, info, _ in self.options():
             if not info.in_infotext:

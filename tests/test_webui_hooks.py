@@ -327,3 +327,19 @@ def test_real_pipeline_with_replay_backend_keeps_syntax_and_caches(monkeypatch):
     p = job(Settings(enabled=True, seed=1, no_formatting=True, tag_length="very short"), prompt=prompt)
     process_images(p)
     assert len(replay.inputs) == calls  # cached: nothing generated
+
+
+def test_a_pasted_model_is_looked_up_in_the_models_folder_configured_now(engine, monkeypatch, tmp_path):
+    from modules import shared
+
+    with_model, empty = tmp_path / "with-model", tmp_path / "empty"
+    with_model.mkdir()
+    empty.mkdir()
+    (with_model / "mine.gguf").write_bytes(b"GGUF" + bytes(60))
+    raw = json.dumps({"v": 1, "model": "mine.gguf", "seed": 2})
+    monkeypatch.setitem(shared.opts.data, "tipo_models_dir", str(with_model))
+    assert dict(tipo.pasted_settings(raw)[0])["model"] == "mine.gguf"
+    monkeypatch.setitem(shared.opts.data, "tipo_models_dir", str(empty))
+    values, warnings = tipo.pasted_settings(raw)  # the same text: not the first folder's cached answer
+    assert "model" not in dict(values) and dict(values)["seed"] == 2
+    assert any("mine.gguf" in message for message in warnings)
