@@ -79,19 +79,11 @@ def read_settings(
         present = set(data) | {"enabled"}
         if "v" not in data:  # a z-tipo-extension infotext: keys were translated
             present = set(names)
-    except SettingsError:
-        values, present = {"enabled": True}, {"enabled"}
-        for name, value in data.items():
-            if name == "v":
-                continue
-            try:
-                one = TipoSettings.from_mapping({name: value})
-            except SettingsError as exc:
-                warnings.append(f"{exc} (from the pasted infotext; ignored)")
-                continue
-            if name in names:
-                values[name] = getattr(one, name)
-                present.add(name)
+    except SettingsError:  # each bad value is dropped alone
+        problems: list[str] = []
+        valid = TipoSettings.valid_values({k: v for k, v in data.items() if k != "v"}, problems)
+        warnings.extend(f"{message} (from the pasted infotext; ignored)" for message in problems)
+        values, present = {"enabled": True, **valid}, {"enabled", *valid}
     if "model" in values and "model" in present:
         try:
             values["model"] = resolve_model(values["model"])

@@ -343,17 +343,24 @@ class TipoSettings:
 
     @classmethod
     def valid_values(cls, values: Mapping[str, Any], warnings: list[str] | None = None) -> dict[str, Any]:
-        """The known ``values`` that are valid each on its own (coerced); each other one is left out alone,
-        its problem in ``warnings``."""
+        """The known ``values`` that are valid each on its own, or along with those (a custom format with
+        its template), coerced; each other one is left out alone, its problem in ``warnings``."""
         kept: dict[str, Any] = {}
+        problems: dict[str, str] = {}
         for name, value in values.items():
-            if name not in cls.names():
-                continue
+            if name in cls.names():
+                try:
+                    kept[name] = getattr(cls.from_mapping({name: value}), name)
+                except SettingsError as exc:
+                    problems[name] = str(exc)
+        for name in list(problems):
             try:
-                kept[name] = getattr(cls.from_mapping({name: value}), name)
-            except SettingsError as exc:
-                if warnings is not None:
-                    warnings.append(str(exc))
+                kept[name] = getattr(cls.from_mapping({**kept, name: values[name]}), name)
+                del problems[name]
+            except SettingsError:
+                pass
+        if warnings is not None:
+            warnings.extend(problems.values())
         return kept
 
     def to_positional(self) -> list[Any]:

@@ -186,15 +186,15 @@ def configured_defaults():
     """The defaults chosen on the settings page: the controls' start values, and what named API args leave
     out. A default that is no longer valid is left out with a warning."""
     chosen = {name: option_value(f"tipo_default_{name}") for name in TipoSettings.names()}
-    warnings: list[str] = []
-    valid = TipoSettings.valid_values({k: v for k, v in chosen.items() if v is not None}, warnings)
-    for message in warnings:
-        log.warning("TIPO: settings page default ignored: %s", message)
+    chosen = {name: value for name, value in chosen.items() if value is not None}
     try:
+        return TipoSettings.from_mapping(chosen)
+    except SettingsError:
+        warnings: list[str] = []
+        valid = TipoSettings.valid_values(chosen, warnings)
+        for message in warnings:
+            log.warning("TIPO: settings page default ignored: %s", message)
         return TipoSettings.from_mapping(valid)
-    except SettingsError as exc:  # valid alone, not together (a custom format without its template)
-        log.warning("TIPO: settings page defaults ignored: %s", exc)
-        return TipoSettings()
 
 
 def tipo_seed(p, settings) -> int:

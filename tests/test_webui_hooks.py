@@ -203,6 +203,16 @@ def test_named_api_args_take_the_settings_page_defaults(engine, monkeypatch):
     assert "top_k" not in written  # the default, 80
 
 
+def test_settings_page_defaults_valid_only_together_are_kept(monkeypatch):
+    from modules import shared
+
+    monkeypatch.setitem(shared.opts.data, "tipo_default_format", "custom")
+    monkeypatch.setitem(shared.opts.data, "tipo_default_template", "<|general|>")
+    monkeypatch.setitem(shared.opts.data, "tipo_default_top_k", "not a number")
+    defaults = tipo.configured_defaults()
+    assert (defaults.format, defaults.template, defaults.top_k) == ("custom", "<|general|>", 80)
+
+
 def test_failing_backend_keeps_prompt_warns_and_still_makes_the_image(monkeypatch):
     engine = tipo.Engine(backends=FixedBackends(FailingBackend([])))
     monkeypatch.setattr(tipo, "engine", lambda: engine)
