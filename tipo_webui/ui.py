@@ -1,5 +1,5 @@
 """The TIPO accordion, the boxes under the main prompt and the settings page, laid out from the settings'
-metadata (``OptionInfo`` in kgen/settings.py: section, row, column, control). Runs under gradio 3.41 and 4.x.
+metadata (``OptionInfo`` in kgen/options.py: section, row, column, control). Runs under gradio 3.41 and 4.x.
 
 Loaded by scripts/tipo.py, which hands over what the UI needs of the vendored kgen (:class:`TipoUi`).
 """
@@ -67,22 +67,22 @@ class TipoUi:
 
     # ------------------------------------------------------------------------------------------ controls
 
-    def control(self, name: str, info, value: Any, elem_id: str, **extra: Any):
+    def control(self, info, value: Any, elem_id: str, **extra: Any):
         """The gradio component of one setting (``info.control``)."""
-        o = self.metadata
+        meta = self.metadata
         arguments = {"label": info.label, "elem_id": elem_id, **info.ui, **extra}
         if arguments.pop("show_info", False):
             arguments["info"] = info.info
-        if info.control == o.CHECKBOX:
+        if info.control == meta.CHECKBOX:
             return gr.Checkbox(value=bool(value), **arguments)
-        if info.control == o.RADIO:
+        if info.control == meta.RADIO:
             return gr.Radio(choices=self.choices(info), value=value, **arguments)
-        if info.control == o.DROPDOWN:
+        if info.control == meta.DROPDOWN:
             return gr.Dropdown(choices=self.choices(info, value), value=value, **arguments)
-        if info.control == o.SLIDER:
+        if info.control == meta.SLIDER:
             bounds = {"minimum": info.minimum, "maximum": info.maximum, "step": info.step}
             return gr.Slider(value=value, **bounds, **arguments)
-        if info.control == o.NUMBER:
+        if info.control == meta.NUMBER:
             return gr.Number(value=value, precision=0 if info.kind is int else None, **arguments)
         return gr.Textbox(value=value, **arguments)
 
@@ -117,10 +117,11 @@ class TipoUi:
             InputAccordion = None
         tab = "img2img" if is_img2img else "txt2img"
         tab_ui = _TabUi(self, script, tab, self.defaults())
-        enabled = bool(tab_ui.values.enabled)
+        toggle = self.settings.TipoSettings.names(lambda info: info.section == self.metadata.TOGGLE)[0]
         if InputAccordion is not None:
-            accordion = InputAccordion(enabled, label=TITLE, elem_id=tab_ui.eid("accordion"))
-            tab_ui.controls["enabled"] = accordion
+            start = bool(getattr(tab_ui.values, toggle))
+            accordion = InputAccordion(start, label=TITLE, elem_id=tab_ui.eid("accordion"))
+            tab_ui.controls[toggle] = accordion
         else:
             accordion = gr.Accordion(TITLE, open=False, elem_id=tab_ui.eid("accordion"))
         with accordion:
@@ -201,18 +202,18 @@ class TipoUi:
         """The settings-page component for one setting's default. The WebUI infers one only for str, int and
         bool defaults (and fails to build the whole settings page on any other type), so every default gets
         an explicit component: the kind of control the accordion uses, a dropdown for any choice."""
-        o = self.metadata
+        meta = self.metadata
         if info.choices_from == "models":
             return gr.Dropdown, lambda: {
                 "choices": self.choices(info, getattr(shared.opts, "tipo_default_model", None))
             }
         if info.choices or info.choices_from:
             return gr.Dropdown, {"choices": self.choices(info)}
-        if info.control == o.CHECKBOX:
+        if info.control == meta.CHECKBOX:
             return gr.Checkbox, None
-        if info.control == o.SLIDER:
+        if info.control == meta.SLIDER:
             return gr.Slider, {"minimum": info.minimum, "maximum": info.maximum, "step": info.step}
-        if info.control == o.NUMBER:
+        if info.control == meta.NUMBER:
             return gr.Number, {"precision": 0} if info.kind is int else None
         return gr.Textbox, {"lines": 3} if info.ui.get("lines", 1) > 1 else None
 
@@ -233,11 +234,11 @@ class _TabUi:
         return f"{self.tab}_tipo_{item}"
 
     def fill(self) -> None:
-        o = self.ui.metadata
-        self.rows(o.TOGGLE)  # with an InputAccordion, its checkbox is "enabled" already
-        self.rows(o.MAIN)
+        meta = self.ui.metadata
+        self.rows(meta.TOGGLE)  # with an InputAccordion, its checkbox is "enabled" already
+        self.rows(meta.MAIN)
         with gr.Accordion("Sampling", open=False, elem_id=self.eid("sampling")):
-            self.rows(o.SAMPLING)
+            self.rows(meta.SAMPLING)
         with gr.Row(elem_classes=["tipo-row"]):
             self.tools["generate"] = gr.Button(
                 "Generate prompt", variant="secondary", elem_id=self.eid("generate"), scale=1
@@ -249,9 +250,9 @@ class _TabUi:
         )
         self.tools["use"] = gr.Button("Use as prompt", size="sm", elem_id=self.eid("use_preview"))
         for name, info, _ in self.ui.options:
-            if info.section == o.PROMPT_BOXES and name in self.script.extra_prompts:
+            if info.section == meta.PROMPT_BOXES and name in self.script.extra_prompts:
                 self.controls[name] = self.script.extra_prompts[name]
-            elif info.section in (o.PROMPT_BOXES, o.PASTED):
+            elif info.section in (meta.PROMPT_BOXES, meta.PASTED):
                 # hidden: pasted values, or no prompt row to attach to (API-only start); keeps the arg order
                 self.controls[name] = gr.Textbox(value="", visible=False, elem_id=self.eid(name))
             elif name not in self.controls:  # a section this layout does not show: hidden, the order kept
@@ -283,7 +284,7 @@ class _TabUi:
         info = self.ui.settings.TipoSettings.info(name)
         if name == "template":
             extra["visible"] = self.values.format == self.ui.settings.CUSTOM_FORMAT
-        self.controls[name] = self.ui.control(name, info, getattr(self.values, name), self.eid(name), **extra)
+        self.controls[name] = self.ui.control(info, getattr(self.values, name), self.eid(name), **extra)
         if name == SEED_TOOLS_AFTER:
             for tool in ("Random", "Reuse", "Shuffle"):
                 self.tools[tool] = gr.Button(
