@@ -31,29 +31,20 @@ from .bulk.sources import MissingExtraError, SourceRecord, read_jsonl_records, r
 from .engine.served import DEFAULT_CONTEXT_LENGTH, ServerError, ServerOptions
 from .generation import SamplingSettings
 from .pipeline import (
-    DEFAULT_FORMAT,
     RequestError,
     UpsampleRequest,
     first_model_input,
     upsample_many,
     upsample_variants,
 )
-from .protocol.lengths import Length
 from .protocol.postprocess import BanTagError
+from .settings import SettingsError, TipoSettings
 from .variants import variant_sampler
 
-DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
 EXIT_BAD_INPUT = 2
 EXIT_NO_MODEL = 3
 EXIT_SERVER = 4
 REQUEST_KEYS = ("tags", "nl", "tag_length", "nl_length", "format", "aspect_ratio", "seed", "ban_tags")
-
-
-def _length(value: str) -> Length:
-    try:
-        return Length.parse(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,34 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tags", nargs="?", default="", help='comma-separated tags, e.g. "1girl, solo, long hair"'
     )
     parser.add_argument("--nl", default="", help="natural-language caption")
-    parser.add_argument(
-        "--tag-length",
-        type=_length,
-        default=Length.LONG,
-        help="very_short | short | long | very_long (spaces allowed); default long",
-    )
-    parser.add_argument("--nl-length", type=_length, default=Length.LONG, help="same choices; default long")
-    parser.add_argument(
-        "--format",
-        default=DEFAULT_FORMAT,
-        help=f'a preset ("tag only", "NL only", "both, tag first", "both, NL first", '
-        f'"both + generated NL") or a template with <|general|>-style fields; '
-        f'default "{DEFAULT_FORMAT}"',
-    )
-    parser.add_argument(
-        "--no-formatting", action="store_true", help="keep your text as typed and only append the new content"
-    )
     parser.add_argument("--aspect-ratio", type=float, default=1.0, help="image width / height; default 1.0")
-    parser.add_argument("--seed", type=int, default=-1, help="seed; negative draws a random one (default)")
-    parser.add_argument("--ban-tags", default="", help='comma-separated tags or regexes, e.g. "hat, .*text"')
-
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="registry name (see --list-models), 'name | file.gguf', or a local folder, "
-        f".safetensors or .gguf path; default {DEFAULT_MODEL}",
+    sampling = parser.add_argument_group(
+        "sampling",
+        "unset values take the model's protocol defaults (TIPO: temperature 0.5, top-p 0.95, "
+        "top-k 80, min-p 0.1, repetition penalty 1.17, 512 new tokens; DanTagGen: its own)",
     )
+    add_settings_options({"": parser, "model": model, "sampling": sampling})
     model.add_argument(
         "--models-dir",
         default=None,
@@ -108,15 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--list-models", action="store_true", help="list registry and local models, then exit")
 
-    sampling = parser.add_argument_group(
-        "sampling",
-        "unset values take the model's protocol defaults (TIPO: temperature 0.5, top-p 0.95, "
-        "top-k 80, min-p 0.1, repetition penalty 1.17, 512 new tokens; DanTagGen: its own)",
-    )
-    sampling.add_argument("--temperature", type=float)
-    sampling.add_argument("--top-p", type=float)
-    sampling.add_argument("--top-k", type=int)
-    sampling.add_argument("--min-p", type=float)
     sampling.add_argument("--repetition-penalty", type=float)
     sampling.add_argument("--max-new-tokens", type=int)
 
@@ -216,32 +178,68 @@ def _add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def request_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> UpsampleRequest:
+def add_settings_options(groups: dict[str, Any]) -> None:
+    """One option per setting that has command-line metadata (``OptionInfo.cli`` in kgen.settings), in the
+    argparse group it names. Unset sampling options are None: the model's protocol then chooses."""
+    for name, info, default in TipoSettings.options():
+        flag = info.cli
+        if flag is None:
+            continue
+        group = groups[flag.group]
+        if info.kind is bool:
+            action = "store_false" if default else "store_true"
+            group.add_argument(flag.flag, dest=name, action=action, help=flag.help or None)
+            continue
+        parse = flag.parse or (_choice_parser(name) if info.choices else info.kind)
+        unset = None if info.sampling else default
+        group.add_argument(flag.flag, dest=name, type=parse, default=unset, help=flag.help or None)
+
+
+def _choice_parser(name: str):
+    def parse(text: str) -> Any:
+        try:
+            return getattr(TipoSettings.from_mapping({name: text}), name)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def settings_from_args(args: argparse.Namespace) -> TipoSettings:
+    """The settings the command-line options give; raises SettingsError. Sampling options are left out: they
+    go straight to the sampling (:func:`sampling_from_args`), in the ranges the backends accept."""
+    values: dict[str, Any] = {}
+    for name, info, _ in TipoSettings.options():
+        if info.cli is None or info.sampling:
+            continue
+        value = getattr(args, name)
+        values.update(info.cli.to_settings(value) if info.cli.to_settings else {name: value})
+    return TipoSettings.from_mapping(values)
+
+
+def request_from_args(
+    args: argparse.Namespace, overrides: dict[str, Any] | None = None, settings: TipoSettings | None = None
+) -> UpsampleRequest:
     """A request from the command-line values, with ``overrides`` (a JSONL record) taking precedence."""
-    values: dict[str, Any] = {
-        "tags": args.tags,
-        "nl": args.nl,
-        "tag_length": args.tag_length,
-        "nl_length": args.nl_length,
-        "format": args.format,
-        "aspect_ratio": args.aspect_ratio,
-        "seed": args.seed,
-        "ban_tags": args.ban_tags,
-    }
+    values: dict[str, Any] = {"tags": args.tags, "nl": args.nl, "aspect_ratio": args.aspect_ratio}
     if overrides:
         unknown = sorted(set(overrides) - set(REQUEST_KEYS))
         if unknown:
             raise RequestError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(REQUEST_KEYS)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-    return UpsampleRequest(**values, no_formatting=args.no_formatting)
+    return (settings or settings_from_args(args)).to_request(**values)
 
 
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
+# Sampling knobs the WebUI does not offer, so they are no TipoSettings field: command-line options only.
+CLI_SAMPLING_FLAGS = ("repetition_penalty", "max_new_tokens")
 
 
 def sampling_from_args(args: argparse.Namespace, spec=None) -> SamplingSettings | None:
-    """The protocol's default sampling with the flags given on the command line; None when none was given."""
-    overrides = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    """The protocol's default sampling with the options given on the command line; None when none was."""
+    given = {name: getattr(args, name) for name in TipoSettings.names(lambda info: bool(info.sampling))}
+    overrides = TipoSettings.sampling_values({k: v for k, v in given.items() if v is not None})
+    overrides.update({k: getattr(args, k) for k in CLI_SAMPLING_FLAGS if getattr(args, k) is not None})
     if not overrides:
         return None
     from .protocol.dtg import DTG_SAMPLING
@@ -252,21 +250,24 @@ def sampling_from_args(args: argparse.Namespace, spec=None) -> SamplingSettings 
 
 def read_bulk(args: argparse.Namespace, stream: TextIO) -> Iterator[BulkLine]:
     """Parse each JSONL line into a request; a bad line becomes an error entry, never an abort."""
-    yield from _bulk_lines(args, read_jsonl_records(iter(stream)))
+    yield from _bulk_lines(args, settings_from_args(args), read_jsonl_records(iter(stream)))
 
 
 def bulk_input(args: argparse.Namespace) -> Iterator[BulkLine]:
     """The requests of ``--input`` (JSON lines, ``-`` for standard input, or Parquet)."""
-    yield from _bulk_lines(args, read_records(args.input, REQUEST_KEYS, args.column, args.column_field))
+    records = read_records(args.input, REQUEST_KEYS, args.column, args.column_field)
+    yield from _bulk_lines(args, settings_from_args(args), records)
 
 
-def _bulk_lines(args: argparse.Namespace, records: Iterator[SourceRecord]) -> Iterator[BulkLine]:
+def _bulk_lines(
+    args: argparse.Namespace, settings: TipoSettings, records: Iterator[SourceRecord]
+) -> Iterator[BulkLine]:
     for record in records:
         if record.fields is None:
             yield BulkLine(record.index, None, record.error)
             continue
         try:
-            yield BulkLine(record.index, request_from_args(args, record.fields))
+            yield BulkLine(record.index, request_from_args(args, record.fields, settings))
         except (RequestError, BanTagError, ValueError, TypeError) as exc:
             yield BulkLine(record.index, None, f"line {record.index + 1}: {exc}")
 
@@ -295,7 +296,7 @@ def dry_run(args: argparse.Namespace, out: TextIO) -> int:
     spec = _model_spec(args.model)
     sampling_from_args(args, spec)  # the same validation as a real run
     if args.input is None:
-        request = request_from_args(args)
+        request = request_from_args(args, settings=settings_from_args(args))
         text = first_model_input(request, model=spec)
         out.write(json.dumps({"model_input": text}, ensure_ascii=False) + "\n" if args.json else text + "\n")
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from .rewriter import JobRewrite, Rewrite
@@ -20,7 +21,7 @@ INFOTEXT_ERROR = "TIPO error"
 INFOTEXT_TIME = "TIPO time"
 INFOTEXT_VARIANT = "TIPO variant"
 
-PASTED_ONLY = ("source_prompt", "source_result", "source_variant")
+PASTED_ONLY = tuple(TipoSettings.names(lambda info: info.pasted_only))
 
 
 def time_note(rewrites: Sequence[Rewrite]) -> str:
@@ -37,6 +38,26 @@ def job_values(settings: TipoSettings, tipo_seed: int, original: str, job: JobRe
         INFOTEXT_PROMPT: original,
         INFOTEXT_TIME: time_note(job.rewrites),
     }
+
+
+def per_image_value(values: Mapping[str, str]) -> Callable[..., str | None]:
+    """An infotext value that differs per image, keyed by the image's final prompt. The WebUI's
+    create_infotext calls it with its locals (A1111 >= 1.8: ``prompt_text``, ``all_prompts``, ``index``)."""
+
+    def value(prompt_text=None, all_prompts=None, index=0, **_):
+        if prompt_text in values:
+            return values[prompt_text]
+        with suppress(IndexError, TypeError):
+            return values.get(all_prompts[index])
+        return None
+
+    return value
+
+
+def variant_value(job: JobRewrite, tipo_seed: int) -> Callable[..., str | None] | None:
+    """The per-image :data:`INFOTEXT_VARIANT` of a job with a variants pass; None for other jobs."""
+    notes = job.variant_notes(tipo_seed)
+    return per_image_value(notes) if notes else None
 
 
 def read_settings(
@@ -58,19 +79,11 @@ def read_settings(
         present = set(data) | {"enabled"}
         if "v" not in data:  # a z-tipo-extension infotext: keys were translated
             present = set(names)
-    except SettingsError:
-        values, present = {"enabled": True}, {"enabled"}
-        for name, value in data.items():
-            if name == "v":
-                continue
-            try:
-                one = TipoSettings.from_mapping({name: value})
-            except SettingsError as exc:
-                warnings.append(f"{exc} (from the pasted infotext; ignored)")
-                continue
-            if name in names:
-                values[name] = getattr(one, name)
-                present.add(name)
+    except SettingsError:  # each bad value is dropped alone
+        problems: list[str] = []
+        valid = TipoSettings.valid_values({k: v for k, v in data.items() if k != "v"}, problems)
+        warnings.extend(f"{message} (from the pasted infotext; ignored)" for message in problems)
+        values, present = {"enabled": True, **valid}, {"enabled", *valid}
     if "model" in values and "model" in present:
         try:
             values["model"] = resolve_model(values["model"])

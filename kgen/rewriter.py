@@ -27,7 +27,7 @@ from .pipeline import VariantSampler
 from .protocol import formats
 from .protocol import prompt_syntax as syntax
 from .protocol.tags import tag_key
-from .settings import CUSTOM_FORMAT, SEED_MAX, TipoSettings
+from .settings import SEED_MAX, TipoSettings
 from .variants import variant_sampler
 
 
@@ -319,20 +319,10 @@ class RequestPlan:
         if not parsed.tags and settings.tag_prompt.strip():
             parsed = syntax.parse(_with_tag_prompt(parsed, settings.tag_prompt.strip()))
         nl_plain = syntax.plain_text(settings.nl_prompt)
-        request = pipeline.UpsampleRequest(
-            tags=[tag.text for tag in parsed.tags],
-            nl=nl_plain,
-            tag_length=settings.tag_length,
-            nl_length=settings.nl_length,
-            aspect_ratio=aspect_ratio,
-            seed=int(seed),
-            ban_tags=settings.ban_tags,
-            format=settings.template if settings.format == CUSTOM_FORMAT else settings.format,
-            no_formatting=settings.no_formatting,
+        request = settings.to_request(
+            tags=[tag.text for tag in parsed.tags], nl=nl_plain, aspect_ratio=aspect_ratio, seed=int(seed)
         )
-        sampling = SamplingSettings(
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p
-        )
+        sampling = settings.sampling()
         return cls(parsed, settings, request, sampling, nl_plain)
 
     def compose(self, result: pipeline.UpsampleResult) -> str:

@@ -1,23 +1,45 @@
-"""The TIPO settings of one WebUI generation: one typed record shared by the UI, the API and the infotext.
+"""The TIPO settings of one WebUI generation: one typed record shared by every face of the extension.
 
-Every field of :class:`TipoSettings` is at once
-  * a UI control (in field order: the WebUI passes script args positionally in that order),
-  * a named API argument (``alwayson_scripts: {"TIPO": {"args": [{"seed": 7, ...}]}}``),
-  * a key of the JSON stored in the image's infotext.
+Every field of :class:`TipoSettings` is one ``option(...)`` with :class:`OptionInfo` metadata, from which
+are derived
+  * the UI: each field is a control, placed by its ``section``/``row``/``column``; the WebUI passes the
+    controls' values positionally in field order,
+  * the settings page: a "Default: ..." option for each field the user sets per generation,
+  * the named API arguments (``alwayson_scripts: {"TIPO": {"args": [{"seed": 7, ...}]}}``),
+  * the JSON stored in the image's infotext (``in_infotext``) and the pasted-only controls,
+  * cache keys (``affects_prompt``),
+  * the pipeline request and sampling (``request``, ``sampling``: :meth:`TipoSettings.to_request`,
+    :meth:`TipoSettings.sampling`),
+  * the command line's options (``cli``).
 Adding an option is one ``option(...)`` line below. Values coming from outside (API, pasted infotext) go
-through
-:meth:`TipoSettings.from_mapping`, which coerces types, checks ranges/choices and reports unknown keys.
+through :meth:`TipoSettings.from_mapping`, which coerces types, checks ranges/choices and reports unknown
+keys.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
+from .generation import SamplingSettings
+from .options import (
+    DROPDOWN,
+    NUMBER,
+    PASTED,
+    PROMPT_BOXES,
+    SAMPLING,
+    TOGGLE,
+    CliOption,
+    OptionInfo,
+    option,
+)
 from .protocol.lengths import Length
+
+if TYPE_CHECKING:
+    from .pipeline import UpsampleRequest
 
 SCHEMA_VERSION = 1
 SEED_MAX = 2**31 - 1
@@ -29,40 +51,21 @@ DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"  # a ModelStore label (registry hub id)
 
 
-# Settings that do not change the prompt generated for one (prompt, seed): left out of cache keys.
-PROCESS_ONLY = (
-    "enabled",
-    "seed",
-    "timing",
-    "per_image",
-    "device",
-    "source_prompt",
-    "source_result",
-    "source_variant",
-)
-
-
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the setting and the problem."""
 
 
-@dataclass(frozen=True)
-class OptionInfo:
-    """What the UI, API and infotext need to know about one setting."""
-
-    label: str
-    kind: type
-    choices: tuple[str, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    info: str = ""
-    in_infotext: bool = True
+def _seed_from_cli(text: str) -> int:
+    """A command-line seed; any negative one draws a random seed."""
+    return max(int(text), -1)
 
 
-def option(default: Any, label: str, kind: type | None = None, **info: Any) -> Any:
-    kind = kind or type(default)
-    return field(default=default, metadata={"option": OptionInfo(label=label, kind=kind, **info)})
+def _format_or_template(text: str) -> dict[str, str]:
+    """A command-line ``--format``: a preset name, or else a template of its own."""
+    from .protocol.formats import find_preset
+
+    preset = find_preset(text)
+    return {"format": preset} if preset is not None else {"format": CUSTOM_FORMAT, "template": text}
 
 
 def _is_true(text: str) -> bool | None:
@@ -74,42 +77,200 @@ def _is_true(text: str) -> bool | None:
     return None
 
 
+LENGTH_HELP = "very_short | short | long | very_long (spaces allowed); default long"
+FORMAT_HELP = (
+    f'a preset ("tag only", "NL only", "both, tag first", "both, NL first", "both + generated NL") or a '
+    f'template with <|general|>-style fields; default "{DEFAULT_FORMAT}"'
+)
+MODEL_HELP = (
+    "registry name (see --list-models), 'name | file.gguf', or a local folder, .safetensors or .gguf path; "
+    f"default {DEFAULT_MODEL}"
+)
+
+
 @dataclass(frozen=True)
 class TipoSettings:
-    enabled: bool = option(False, "Enable TIPO", in_infotext=False)
+    enabled: bool = option(False, "Enable TIPO", section=TOGGLE, in_infotext=False, affects_prompt=False)
     timing: str = option(
         "after",
         "Timing",
         choices=TIMINGS,
         info="after: every image of the batch, after wildcards/styles; before: once, before them",
+        affects_prompt=False,
+        row=1,
+        ui={"show_info": True},
     )
-    model: str = option(DEFAULT_MODEL, "Model")
-    tag_length: str = option("long", "Tag length", choices=LENGTHS)
-    nl_length: str = option("long", "Natural language length", choices=LENGTHS)
-    ban_tags: str = option("", "Ban tags", info="comma separated; plain text or regular expressions")
-    format: str = option(DEFAULT_FORMAT, "Prompt format")
-    template: str = option("", "Custom format", info="used when the format is 'custom'")
-    seed: int = option(-1, "TIPO seed", minimum=-1, maximum=SEED_MAX, step=1, info="-1: random")
-    temperature: float = option(0.5, "Temperature", minimum=0.0, maximum=2.0, step=0.05)
-    top_p: float = option(0.95, "Top-p", minimum=0.0, maximum=1.0, step=0.01)
-    top_k: int = option(80, "Top-k", minimum=0, maximum=200, step=1, info="0 disables it")
-    min_p: float = option(0.1, "Min-p", minimum=0.0, maximum=1.0, step=0.01)
-    device: str = option("auto", "Device", choices=DEVICES)
-    no_formatting: bool = option(False, "No formatting", info="keep your prompt as typed, append new content")
+    model: str = option(
+        DEFAULT_MODEL,
+        "Model",
+        choices_from="models",
+        infotext_always=True,
+        row=2,
+        ui={"scale": 3},
+        cli=CliOption("--model", MODEL_HELP, group="model"),
+    )
+    tag_length: str = option(
+        "long",
+        "Tag length",
+        choices=LENGTHS,
+        row=3,
+        request="tag_length",
+        cli=CliOption("--tag-length", LENGTH_HELP),
+    )
+    nl_length: str = option(
+        "long",
+        "Natural language length",
+        choices=LENGTHS,
+        row=3,
+        column=1,
+        request="nl_length",
+        cli=CliOption("--nl-length", "same choices; default long"),
+    )
+    ban_tags: str = option(
+        "",
+        "Ban tags",
+        info="comma separated; plain text or regular expressions",
+        row=4,
+        column=1,
+        ui={"placeholder": "umbrella, official.*, .*text"},
+        request="ban_tags",
+        cli=CliOption("--ban-tags", 'comma-separated tags or regexes, e.g. "hat, .*text"'),
+    )
+    format: str = option(
+        DEFAULT_FORMAT,
+        "Prompt format",
+        choices_from="formats",
+        row=4,
+        request="format",  # the template instead when the format is custom (to_request)
+        cli=CliOption("--format", FORMAT_HELP, to_settings=_format_or_template),
+    )
+    template: str = option(
+        "",
+        "Custom format",
+        info="used when the format is 'custom'",
+        row=5,
+        ui={"lines": 4, "placeholder": "<|special|>, <|characters|>, <|general|>,\n<|extended|>"},
+    )
+    seed: int = option(
+        -1,
+        "TIPO seed",
+        minimum=-1,
+        maximum=SEED_MAX,
+        step=1,
+        info="-1: random",
+        control=NUMBER,
+        affects_prompt=False,  # keyed separately by the caller
+        infotext_always=True,
+        row=6,
+        ui={"scale": 4},
+        request="seed",
+        cli=CliOption("--seed", "seed; negative draws a random one (default)", parse=_seed_from_cli),
+    )
+    temperature: float = option(
+        0.5,
+        "Temperature",
+        minimum=0.0,
+        maximum=2.0,
+        step=0.05,
+        section=SAMPLING,
+        row=1,
+        sampling="temperature",
+        cli=CliOption("--temperature", group="sampling"),
+    )
+    top_p: float = option(
+        0.95,
+        "Top-p",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+        section=SAMPLING,
+        row=1,
+        column=1,
+        sampling="top_p",
+        cli=CliOption("--top-p", group="sampling"),
+    )
+    top_k: int = option(
+        80,
+        "Top-k",
+        minimum=0,
+        maximum=200,
+        step=1,
+        info="0 disables it",
+        section=SAMPLING,
+        row=2,
+        sampling="top_k",
+        cli=CliOption("--top-k", group="sampling"),
+    )
+    min_p: float = option(
+        0.1,
+        "Min-p",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+        section=SAMPLING,
+        row=2,
+        column=1,
+        sampling="min_p",
+        cli=CliOption("--min-p", group="sampling"),
+    )
+    device: str = option(
+        "auto",
+        "Device",
+        choices=DEVICES,
+        control=DROPDOWN,
+        affects_prompt=False,
+        row=2,
+        column=1,
+        ui={"scale": 1, "min_width": 100},
+    )
+    no_formatting: bool = option(
+        False,
+        "No formatting",
+        info="keep your prompt as typed, append new content",
+        row=1,
+        column=1,
+        stack=1,
+        request="no_formatting",
+        cli=CliOption("--no-formatting", "keep your text as typed and only append the new content"),
+    )
     per_image: bool = option(
         True,
         "Different prompt per image",
         info="after timing; a batch sharing one prompt is one variants pass (TGTS)",
+        affects_prompt=False,
+        row=1,
+        column=1,
     )
-    tag_prompt: str = option("", "Tag prompt", info="used when the main prompt has no tags")
-    nl_prompt: str = option("", "Natural language prompt")
-    # Set by pasting an infotext (hidden in the UI): the user's prompt and the rewritten one of that image.
-    # When the prompt to process is still the rewritten one (the API's infotext field), the user's prompt is
-    # used instead.
-    source_prompt: str = option("", "Pasted original prompt", in_infotext=False)
-    source_result: str = option("", "Pasted final prompt", in_infotext=False)
+    tag_prompt: str = option(
+        "",
+        "Tag prompt",
+        info="used when the main prompt has no tags",
+        section=PROMPT_BOXES,
+        ui={"lines": 2, "placeholder": "Tags for TIPO, used when the main prompt has no tags"},
+    )
+    nl_prompt: str = option(
+        "",
+        "Natural language prompt",
+        section=PROMPT_BOXES,
+        ui={"lines": 2, "placeholder": "A caption TIPO extends (weights allowed)"},
+    )
+    # Set by pasting an infotext: the user's prompt and the rewritten one of that image. When the prompt to
+    # process is still the rewritten one (the API's infotext field), the user's prompt is used instead.
+    source_prompt: str = option(
+        "",
+        "Pasted original prompt",
+        pasted_only=True,
+        section=PASTED,
+        in_infotext=False,
+        affects_prompt=False,
+    )
+    source_result: str = option(
+        "", "Pasted final prompt", pasted_only=True, section=PASTED, in_infotext=False, affects_prompt=False
+    )
     # The pasted image's place in a per-image variants pass ("3 of 8, base seed 100"), reproduced for it.
-    source_variant: str = option("", "Pasted variant", in_infotext=False)
+    source_variant: str = option(
+        "", "Pasted variant", pasted_only=True, section=PASTED, in_infotext=False, affects_prompt=False
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -127,8 +288,13 @@ class TipoSettings:
         return [(f.name, f.metadata["option"], f.default) for f in fields(cls) if f.default is not MISSING]
 
     @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    def names(cls, where: Callable[[OptionInfo], bool] | None = None) -> list[str]:
+        """Every setting's name in field order; with ``where``, those whose metadata it accepts."""
+        return [f.name for f in fields(cls) if where is None or where(f.metadata["option"])]
+
+    @classmethod
+    def info(cls, name: str) -> OptionInfo:
+        return next(f.metadata["option"] for f in fields(cls) if f.name == name)
 
     # ------------------------------------------------------------------------------------------ input
 
@@ -175,6 +341,28 @@ class TipoSettings:
             return cls.from_mapping(dict(args[0]), base=base, warnings=warnings)
         return cls.from_positional(args, warnings=warnings)
 
+    @classmethod
+    def valid_values(cls, values: Mapping[str, Any], warnings: list[str] | None = None) -> dict[str, Any]:
+        """The known ``values`` that are valid each on its own, or along with those (a custom format with
+        its template), coerced; each other one is left out alone, its problem in ``warnings``."""
+        kept: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, value in values.items():
+            if name in cls.names():
+                try:
+                    kept[name] = getattr(cls.from_mapping({name: value}), name)
+                except SettingsError as exc:
+                    problems[name] = str(exc)
+        for name in list(problems):
+            try:
+                kept[name] = getattr(cls.from_mapping({**kept, name: values[name]}), name)
+                del problems[name]
+            except SettingsError:
+                pass
+        if warnings is not None:
+            warnings.extend(problems.values())
+        return kept
+
     def to_positional(self) -> list[Any]:
         return [getattr(self, name) for name in self.names()]
 
@@ -186,7 +374,7 @@ class TipoSettings:
     def to_infotext(self, *, seed: int | None = None) -> str:
         """Compact JSON for the image's infotext: the version plus every setting that differs from its default
         (``seed`` replaces a random -1 by the seed actually used)."""
-        defaults = TipoSettings()
+        defaults = type(self)()
         data: dict[str, Any] = {"v": SCHEMA_VERSION}
         for name, info, _ in self.options():
             if not info.in_infotext:
@@ -196,7 +384,7 @@ class TipoSettings:
                 value = seed
             if name == "template" and self.format != CUSTOM_FORMAT:
                 continue
-            if value != getattr(defaults, name) or name in ("seed", "model"):
+            if value != getattr(defaults, name) or info.infotext_always:
                 data[name] = value
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -236,7 +424,34 @@ class TipoSettings:
 
     def cache_key(self) -> tuple:
         """Everything that changes the generated prompt (the seed is keyed separately by the caller)."""
-        return tuple((name, getattr(self, name)) for name in self.names() if name not in PROCESS_ONLY)
+        return tuple((name, getattr(self, name)) for name in self.names(lambda info: info.affects_prompt))
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def request_values(self) -> dict[str, Any]:
+        """The :class:`~kgen.pipeline.UpsampleRequest` fields these settings set."""
+        values = {info.request: getattr(self, name) for name, info, _ in self.options() if info.request}
+        if self.format == CUSTOM_FORMAT:
+            values[self.info("format").request] = self.template
+        return values
+
+    def to_request(self, **inputs: Any) -> UpsampleRequest:
+        """The pipeline request for these settings; ``inputs`` (tags, nl, aspect_ratio, seed ...) give the
+        fields that settings do not, or override them."""
+        from .pipeline import UpsampleRequest
+
+        return UpsampleRequest(**{**self.request_values(), **inputs})
+
+    @classmethod
+    def sampling_values(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Named setting values as :class:`SamplingSettings` fields (settings that are no sampling knob are
+        left out)."""
+        targets = {name: info.sampling for name, info, _ in cls.options() if info.sampling}
+        return {targets[name]: value for name, value in values.items() if name in targets}
+
+    def sampling(self, base: SamplingSettings | None = None) -> SamplingSettings:
+        """``base`` (the defaults) with these settings' sampling knobs."""
+        return replace(base or SamplingSettings(), **self.sampling_values(self.to_dict()))
 
 
 def _coerce(name: str, info: OptionInfo, value: Any) -> Any:

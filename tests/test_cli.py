@@ -14,7 +14,7 @@ import pytest
 from kgen import cli
 from kgen.engine.replay import ReplayBackend
 from kgen.models.registry import find_model
-from kgen.pipeline import UpsampleRequest, first_model_input
+from kgen.settings import TipoSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,12 +41,17 @@ def test_dry_run_prints_the_pipelines_first_model_input():
     code, out, _ = run_cli(
         "--dry-run", "1girl, solo, hatsune_miku", "--nl", "A girl in a park.", "--seed", "7"
     )
-    expected = first_model_input(
-        UpsampleRequest(tags="1girl, solo, hatsune_miku", nl="A girl in a park.", seed=7)
+    # TIPO's model input for tags + caption: the character field, the aspect ratio, the tag-length target
+    # with the short-caption-to-tags task, the caption, then the remaining tags (underscores become spaces).
+    expected = (
+        "characters: hatsune miku\n"
+        "aspect ratio: 1.0\n"
+        "target: <|long|> <|short_to_tag|>\n"
+        "short: A girl in a park.\n"
+        "tag: 1girl, solo\n"
     )
     assert code == 0
-    assert out == expected + "\n"
-    assert "characters: hatsune miku" in out
+    assert out == expected
 
 
 def test_length_values_accept_spaces_and_underscores(capsys):
@@ -109,7 +114,7 @@ def test_bulk_dry_run_keeps_order_and_reports_bad_lines(tmp_path):
     assert code == 0
     records = [json.loads(x) for x in results.read_text().splitlines()]
     assert len(records) == 5
-    assert records[0]["model_input"] == first_model_input(UpsampleRequest(tags="1girl, solo", seed=1))
+    assert records[0]["model_input"] == "aspect ratio: 1.0\ntarget: <|long|>\ntag: 1girl, solo"
     assert "(unclosed" in records[1]["error"]
     assert records[2]["error"].startswith("line 3")
     assert "long: A cat on a roof." in records[3]["model_input"]
@@ -186,3 +191,20 @@ def test_variant_zero_equals_the_plain_run(monkeypatch):
     monkeypatch.setattr(cli, "load_backend", lambda args: (variant_backend, None))
     first = json.loads(run_cli("1girl", "--seed", "9", "--json", "--variants", "2")[1].splitlines()[0])
     assert first["prompt"] == plain["prompt"]
+
+
+def test_setting_options_build_the_settings_and_the_request():
+    args = cli.build_parser().parse_args(
+        ["1girl", "--tag-length", "very_short", "--format", "<|general|>", "--seed", "-5", "--no-formatting"]
+    )
+    assert cli.settings_from_args(args) == TipoSettings(
+        tag_length="very short", format="custom", template="<|general|>", seed=-1, no_formatting=True
+    )
+    request = cli.request_from_args(args)
+    assert (request.tag_length, request.template, request.no_formatting) == (
+        "very_short",
+        "<|general|>",
+        True,
+    )
+    preset = cli.settings_from_args(cli.build_parser().parse_args(["x", "--format", "tag only"]))
+    assert preset.format == "tag only (DTG mode)" and preset.template == ""

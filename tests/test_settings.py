@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
+from kgen import infotext
+from kgen.generation import SamplingSettings
+from kgen.options import SECTIONS, SLIDER, option
+from kgen.protocol.lengths import Length
 from kgen.settings import SCHEMA_VERSION, SettingsError, TipoSettings
 
 
@@ -131,3 +136,59 @@ def test_cache_key_ignores_what_does_not_change_the_prompt():
     b = TipoSettings(enabled=False, seed=2, device="cuda", timing="after")
     assert a.cache_key() == b.cache_key()
     assert a.cache_key() != TipoSettings(temperature=0.9).cache_key()
+
+
+def test_roles_come_from_the_field_metadata():
+    assert TipoSettings.names(lambda info: info.pasted_only) == [
+        "source_prompt",
+        "source_result",
+        "source_variant",
+    ]
+    not_in_key = set(TipoSettings.names()) - set(TipoSettings.names(lambda info: info.affects_prompt))
+    assert not_in_key == {"enabled", "seed", "timing", "per_image", "device", *infotext.PASTED_ONLY}
+    assert [name for name, _ in TipoSettings().cache_key()] == TipoSettings.names(lambda i: i.affects_prompt)
+    in_infotext = TipoSettings.names(lambda info: info.in_infotext)
+    assert "enabled" not in in_infotext and not set(infotext.PASTED_ONLY) & set(in_infotext)
+    page = TipoSettings.names(lambda info: info.has_page_default)
+    assert "tag_prompt" not in page and "source_prompt" not in page and "temperature" in page
+    assert {info.section for _, info, _ in TipoSettings.options()} <= set(SECTIONS)
+
+
+def test_settings_make_the_pipeline_request_and_sampling():
+    s = TipoSettings(tag_length="short", ban_tags="hat", no_formatting=True, temperature=0.7, top_k=12)
+    request = s.to_request(tags="1girl, solo", nl="a caption", aspect_ratio=1.5, seed=9)
+    assert (request.tag_length, request.nl_length, request.seed, request.aspect_ratio) == (
+        Length.SHORT,
+        Length.LONG,
+        9,
+        1.5,
+    )
+    assert request.tag_list == ["1girl", "solo"] and request.no_formatting and request.format == s.format
+    custom = TipoSettings(format="custom", template="<|general|>").to_request()
+    assert custom.template == "<|general|>"
+    sampling = s.sampling()
+    assert (sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p) == (0.7, 12, 0.95, 0.1)
+    assert sampling.repetition_penalty == SamplingSettings().repetition_penalty  # no setting: the default
+    assert TipoSettings.sampling_values({"top_p": 0.5, "seed": 3}) == {"top_p": 0.5}
+
+
+def test_an_option_added_as_one_field_reaches_the_sampling():
+    @dataclass(frozen=True)
+    class WithPenalty(TipoSettings):
+        repetition_penalty: float = option(
+            1.17, "Repetition penalty", minimum=1.0, maximum=2.0, step=0.01, sampling="repetition_penalty"
+        )
+
+    s = WithPenalty(repetition_penalty=1.3)
+    assert s.sampling().repetition_penalty == 1.3
+    assert WithPenalty.names()[-1] == "repetition_penalty"  # appended: the positional order is kept
+    assert WithPenalty.info("repetition_penalty").control == SLIDER
+    assert ("repetition_penalty", 1.3) in s.cache_key()
+    assert json.loads(s.to_infotext())["repetition_penalty"] == 1.3
+
+
+def test_settings_valid_alone_are_kept_and_the_others_reported():
+    warnings: list[str] = []
+    kept = TipoSettings.valid_values({"top_k": "12", "seed": "x", "colour": "red"}, warnings)
+    assert kept == {"top_k": 12}
+    assert len(warnings) == 1 and "'seed'" in warnings[0]

@@ -41,7 +41,7 @@ class FailingBackend(ReplayBackend):
 @pytest.fixture
 def engine(monkeypatch):
     engine = MarkingEngine(backends=FixedBackends(None))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     return engine
 
 
@@ -203,9 +203,19 @@ def test_named_api_args_take_the_settings_page_defaults(engine, monkeypatch):
     assert "top_k" not in written  # the default, 80
 
 
+def test_settings_page_defaults_valid_only_together_are_kept(monkeypatch):
+    from modules import shared
+
+    monkeypatch.setitem(shared.opts.data, "tipo_default_format", "custom")
+    monkeypatch.setitem(shared.opts.data, "tipo_default_template", "<|general|>")
+    monkeypatch.setitem(shared.opts.data, "tipo_default_top_k", "not a number")
+    defaults = tipo.configured_defaults()
+    assert (defaults.format, defaults.template, defaults.top_k) == ("custom", "<|general|>", 80)
+
+
 def test_failing_backend_keeps_prompt_warns_and_still_makes_the_image(monkeypatch):
     engine = tipo.Engine(backends=FixedBackends(FailingBackend([])))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     p = job(Settings(enabled=True, seed=1), batch_size=2)
     processed = process_images(p)
     assert processed.all_prompts == ["1girl, <lora:x:0.8>, (smile:1.2)"] * 2
@@ -311,7 +321,7 @@ def test_real_pipeline_with_replay_backend_keeps_syntax_and_caches(monkeypatch):
         lambda prompt, seed: "tag: long hair, blue sky, 1girl, smile", when_exhausted="repeat_last"
     )
     engine = tipo.Engine(backends=FixedBackends(replay))
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     prompt = "<lora:style:0.7>, 1girl, (smile:1.2), [dog:cat:0.5] BREAK sunset"
     for no_formatting in (True, False):
         p = job(
@@ -327,3 +337,19 @@ def test_real_pipeline_with_replay_backend_keeps_syntax_and_caches(monkeypatch):
     p = job(Settings(enabled=True, seed=1, no_formatting=True, tag_length="very short"), prompt=prompt)
     process_images(p)
     assert len(replay.inputs) == calls  # cached: nothing generated
+
+
+def test_a_pasted_model_is_looked_up_in_the_models_folder_configured_now(engine, monkeypatch, tmp_path):
+    from modules import shared
+
+    with_model, empty = tmp_path / "with-model", tmp_path / "empty"
+    with_model.mkdir()
+    empty.mkdir()
+    (with_model / "mine.gguf").write_bytes(b"GGUF" + bytes(60))
+    raw = json.dumps({"v": 1, "model": "mine.gguf", "seed": 2})
+    monkeypatch.setitem(shared.opts.data, "tipo_models_dir", str(with_model))
+    assert dict(tipo.pasted_settings(raw)[0])["model"] == "mine.gguf"
+    monkeypatch.setitem(shared.opts.data, "tipo_models_dir", str(empty))
+    values, warnings = tipo.pasted_settings(raw)  # the same text: not the first folder's cached answer
+    assert "model" not in dict(values) and dict(values)["seed"] == 2
+    assert any("mine.gguf" in message for message in warnings)

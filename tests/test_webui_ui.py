@@ -142,7 +142,7 @@ def test_extra_prompt_boxes_sit_right_under_the_main_prompt(page):
 
 
 def test_event_wiring(page, monkeypatch):
-    monkeypatch.setattr(tipo, "ENGINE", MarkingEngine(backends=object()))
+    monkeypatch.setattr(tipo, "engine", lambda: MarkingEngine(backends=object()))
     deps = _dependencies(page.demo)
     by_name = dict(zip(Settings.names(), page.controls, strict=True))
 
@@ -248,3 +248,32 @@ def test_settings_defaults_and_hidden_boxes_reach_the_ui(monkeypatch):
         b for b in page.demo.blocks.values() if getattr(b, "elem_id", None) == "txt2img_tipo_prompts"
     )
     assert column.visible is False
+
+
+def test_an_added_setting_gets_its_control_from_its_metadata_alone():
+    """One field with its metadata is the whole change: the accordion places it, a section the layout does
+    not know still gets a (hidden) control, and the positional order is the field order."""
+    import dataclasses
+    import types
+
+    settings, options = tipo.settings_module, tipo.kgen_module("options")
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(settings.TipoSettings):
+        repetition_penalty: float = options.option(
+            1.17, "Repetition penalty", minimum=1.0, maximum=2.0, step=0.01, section=options.SAMPLING, row=3
+        )
+        experimental: str = options.option("", "Experimental", section="a section no layout knows")
+
+    namespace = types.SimpleNamespace(**{**vars(settings), "TipoSettings": Extended})
+    ui = dataclasses.replace(tipo.webui_ui(), settings=namespace, defaults=Extended)
+    script = tipo.TipoScript()
+    script.is_img2img = False
+    with gr.Blocks() as demo:
+        controls = ui.build(script, False)
+    assert len(controls) == len(Extended.names())
+    penalty, experimental = controls[-2:]
+    assert isinstance(penalty, gr.Slider) and penalty.label == "Repetition penalty" and penalty.value == 1.17
+    sampling = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "txt2img_tipo_sampling")
+    assert penalty in list(_descendants(sampling))
+    assert isinstance(experimental, gr.Textbox) and not experimental.visible

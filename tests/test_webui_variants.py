@@ -31,7 +31,7 @@ def seeded_completion(prompt: str, seed: int) -> str:
 
 def engine_with(monkeypatch, backend, **options):
     engine = tipo.Engine(FixedBackends(backend), **options)
-    monkeypatch.setattr(tipo, "ENGINE", engine)
+    monkeypatch.setattr(tipo, "engine", lambda: engine)
     return engine
 
 
