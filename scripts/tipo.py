@@ -2,7 +2,7 @@
 
 WebUI glue only: the engine (``kgen.rewriter``, ``kgen.infotext``) is the vendored ``kgen`` package next to
 this folder, loaded under a private module name so that an installed ``tipo-kgen`` (import name ``kgen`` too)
-neither shadows it nor is broken by it. The UI (``tipo_webui/ui.py``, laid out from the settings' metadata)
+neither shadows it nor is broken by it. The UI (``tipo_webui/ui.py`` here, laid out from the metadata)
 is loaded the same way, only where the UI is built, so the processing hooks run (and are tested) without
 gradio.
 """
@@ -130,8 +130,8 @@ def preset_template(name: str) -> str:
 
 @cache
 def webui_ui():
-    """The UI builder (imports gradio): tipo_webui/ui.py under a private name, with what it needs of kgen."""
-    load_private_package(EXTENSION_ROOT / "tipo_webui", PRIVATE_UI)
+    """The UI builder (imports gradio): tipo_webui/ui.py here, privately named, with what it needs of kgen."""
+    load_private_package(EXTENSION_ROOT / "scripts" / "tipo_webui", PRIVATE_UI)
     ui = importlib.import_module(f"{PRIVATE_UI}.ui")
     options = kgen_module("options")
     return ui.TipoUi(
