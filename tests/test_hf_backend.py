@@ -185,6 +185,46 @@ def test_reduced_precision_policies_run(model, tokenizer, policy):
     assert backend.generate(PROMPTS[:1], SAMPLED, [3])[0].text == one[0].text
 
 
+def teacher_forced_log_probs(backend: HFBackend, rows: int) -> torch.Tensor:
+    """Next-token log-probabilities (steps, rows, vocab) after the prompts and after 8 fixed tokens."""
+    prompts = [backend.encode(p) for p in PROMPTS[:rows]]
+    batch = Batch(prompts, max(len(p) for p in prompts) + 9, torch.device("cpu"), EOS)
+    cache = backend.runner.new_cache(rows, batch.capacity)
+    steps = [backend._prefill(batch, cache, 0)]
+    for slot in range(batch.width, batch.capacity - 1):
+        steps.append(backend._decode(batch, cache, torch.full((rows,), 5 + slot % 7), slot))
+    return torch.stack(steps).log_softmax(-1)
+
+
+# Bounds on the worst step's KL(float32 || policy) and largest log-probability error, about 4x what the
+# tiny model measures (KL: bf16 0.005, FBGEMM float16 1e-5, int8 0.036; error: 0.39, 0.014, 1.1). One
+# layer's MLP output matrix at half scale measures KL 0.22-0.28 and error 2.0; a transposed attention
+# output matrix KL 4 and error 11.
+FP16_MATRICES = DTypePolicy(torch.float32, torch.float32, torch.float32, decode_matrices="float16")
+ACCURACY = [
+    (DTypePolicy.uniform(torch.bfloat16), 0.02, 1.0),
+    (DTypePolicy(prefill=torch.bfloat16, decode=torch.float16, batch_decode=torch.bfloat16), 0.02, 1.0),
+    (FP16_MATRICES, 1e-4, 0.05),
+    (DTypePolicy(torch.float32, torch.float32, torch.float32, decode_matrices="int8"), 0.1, 1.6),
+]
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize(
+    ("policy", "max_kl", "max_error"), ACCURACY, ids=["bf16", "fp16", "fbgemm-fp16", "int8"]
+)
+def test_reduced_precision_stays_close_to_float32(model, tokenizer, policy, max_kl, max_error, rows):
+    if policy.decode_matrices and not fbgemm_available(policy.decode_matrices):
+        pytest.skip(f"this torch has no FBGEMM {policy.decode_matrices} linear")
+    exact = teacher_forced_log_probs(HFBackend(model, tokenizer, device="cpu", dtype="float32"), rows)
+    backend = HFBackend(model, tokenizer, device="cpu", dtype="float32")
+    backend.runner.policy = policy
+    reduced = teacher_forced_log_probs(backend, rows)
+    kl = (exact.exp() * (exact - reduced)).sum(-1)
+    assert float(kl.max()) < max_kl
+    assert float((exact - reduced).abs().max()) < max_error
+
+
 def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer):
     folder = tmp_path / "m"
     model.save_pretrained(str(folder), safe_serialization=True)

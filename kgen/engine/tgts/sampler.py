@@ -95,6 +95,29 @@ def tree_sample(
     root = engine.start(prompt_ids)
     max_growths = 20 * n + 50 if max_growths is None else max_growths
 
+    leaves = _grow(engine, policy, root, n, batch_size, max_growths)
+    completions = [_completion(leaf, decode) for leaf in leaves]
+    cache = engine.pool.stats()
+    engine.release_all()
+    return TreeSampleResult(
+        completions=completions,
+        policy=policy.name,
+        prompt_tokens=len(prompt_ids),
+        forward_tokens=engine.forward_tokens,
+        forward_calls=engine.forward_calls,
+        sampled_tokens=engine.sampled_tokens,
+        nodes=engine.nodes,
+        seconds=time.perf_counter() - started,
+        cache=cache,
+        exhausted=len(completions) < n,
+        root=root if keep_tree else None,
+    )
+
+
+def _grow(
+    engine: TreeEngine, policy: SearchPolicy, root: Node, n: int, batch_size: int, max_growths: int
+) -> list[Node]:
+    """Launch growths where ``policy`` says until ``n`` new terminal nodes exist (or nothing is left)."""
     leaves: list[Node] = []
     launched = 0
     while len(leaves) < n:
@@ -116,34 +139,18 @@ def tree_sample(
                     leaves.append(event.leaf)
     # Growths still in flight (n reached) are dropped; their tokens were spent and are counted.
     engine.active.clear()
+    return leaves
 
-    completions = []
-    for leaf in leaves:
-        ids = leaf.completion_ids()
-        path = leaf.path()[1:]
-        completions.append(
-            TreeCompletion(
-                token_ids=ids,
-                text=decode(ids) if decode is not None else "",
-                score=sum(node.score for node in path) / len(path),
-                groups=len(path),
-                finished=leaf.finished,
-            )
-        )
-    cache = engine.pool.stats()
-    engine.release_all()
-    return TreeSampleResult(
-        completions=completions,
-        policy=policy.name,
-        prompt_tokens=len(prompt_ids),
-        forward_tokens=engine.forward_tokens,
-        forward_calls=engine.forward_calls,
-        sampled_tokens=engine.sampled_tokens,
-        nodes=engine.nodes,
-        seconds=time.perf_counter() - started,
-        cache=cache,
-        exhausted=len(completions) < n,
-        root=root if keep_tree else None,
+
+def _completion(leaf: Node, decode) -> TreeCompletion:
+    ids = leaf.completion_ids()
+    path = leaf.path()[1:]
+    return TreeCompletion(
+        token_ids=ids,
+        text=decode(ids) if decode is not None else "",
+        score=sum(node.score for node in path) / len(path),
+        groups=len(path),
+        finished=leaf.finished,
     )
 
 

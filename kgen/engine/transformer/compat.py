@@ -51,8 +51,8 @@ class CacheFormat:
 
     @staticmethod
     def present(outputs: Any) -> Any:
-        present = getattr(outputs, "past_key_values", None)
-        return present if present is not None else outputs.cache
+        present = getattr(outputs, "cache", None)  # 5.x: reading past_key_values warns
+        return present if present is not None else outputs.past_key_values
 
     @staticmethod
     def layer(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
