@@ -129,7 +129,7 @@ class HFBackend:
     """Backend over a transformers causal LM and its tokenizer. The model stays resident between calls.
 
     ``dtype``: None/"auto" picks per phase and device (see module docstring); "int8" (CPU, opt-in) is the
-    automatic policy with decoding over int8-quantized matrices (``FbgemmMatrix``): faster, but
+    automatic policy with decoding over int8-quantized matrices (``Int8Matrix``): faster, but
     results differ from the unquantized model; any other value is used for every phase.
     ``max_batch_size`` bounds how many prompts run together. ``runner``: "auto" (fast LLaMA path when the
     architecture allows), "llama" or "transformers". ``reuse_prefix`` keeps the last batch's
