@@ -359,7 +359,7 @@ class HFBackend:
     def _restore_prefix(self, batch: Batch, cache: KVCache) -> int:
         """Copy cached keys/values of each row's longest known prefix; return the first slot to compute."""
         previous = self._previous if self.reuses_prefix else None
-        if previous is not None and previous.cache.keys[0].dtype != cache.keys[0].dtype:
+        if previous is not None and previous.cache.dtype != cache.dtype:
             previous = None  # keys/values of another precision would change the results slightly
         pads = batch.pads.tolist()
         reused = [0] * batch.rows

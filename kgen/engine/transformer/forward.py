@@ -17,10 +17,13 @@ No ``from __future__ import annotations`` here: TorchScript reads these annotati
 # TorchScript (as old as PyTorch 2.1) understands typing.List / Optional, not list[...] / X | None:
 # ruff: noqa: UP006, UP035, UP045
 import warnings
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .weights import Arithmetic, ModelShape
 
 HAS_FUSED_RMS_NORM = hasattr(torch, "rms_norm")
 
@@ -57,7 +60,17 @@ class Block(torch.nn.Module):
     eps: torch.jit.Final[float]
     fused_norm: torch.jit.Final[bool]
 
-    def __init__(self, attn_norm, qkv, out, mlp_norm, gate_up, down, shape, arithmetic) -> None:
+    def __init__(
+        self,
+        attn_norm: torch.Tensor,
+        qkv: torch.nn.Module,
+        out: torch.nn.Module,
+        mlp_norm: torch.Tensor,
+        gate_up: torch.nn.Module,
+        down: torch.nn.Module,
+        shape: "ModelShape",
+        arithmetic: "Arithmetic",
+    ) -> None:
         super().__init__()
         self.attn_norm, self.mlp_norm = attn_norm, mlp_norm
         self.qkv, self.out, self.gate_up, self.down = qkv, out, gate_up, down
@@ -111,7 +124,16 @@ class Transformer(torch.nn.Module):
     fused_norm: torch.jit.Final[bool]
     half: torch.jit.Final[int]
 
-    def __init__(self, embed, blocks, norm, head, rotary: tuple, shape, arithmetic) -> None:
+    def __init__(
+        self,
+        embed: torch.Tensor,
+        blocks: List[Block],
+        norm: torch.Tensor,
+        head: torch.nn.Module,
+        rotary: tuple,
+        shape: "ModelShape",
+        arithmetic: "Arithmetic",
+    ) -> None:
         super().__init__()
         self.embed, self.norm, self.head = embed, norm, head
         self.blocks = torch.nn.ModuleList(blocks)
