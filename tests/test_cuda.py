@@ -7,8 +7,9 @@ from test_hf_backend import PROMPTS as ALL_PROMPTS
 from test_hf_backend import reference_greedy
 from tiny_models import build_tiny_llama
 
-from kgen.engine import decode_loop
-from kgen.engine.hf import DTypePolicy, HFBackend
+from kgen.engine.hf import HFBackend
+from kgen.engine.transformer.forward import HAS_FUSED_RMS_NORM
+from kgen.engine.transformer.policy import DTypePolicy
 from kgen.generation import SamplingSettings
 from kgen.models.loader import BackendCache, LoadedModel, LoadOptions, MemoryPolicy
 
@@ -24,7 +25,7 @@ def test_auto_policy_is_one_16_bit_dtype_on_the_gpu(model, tokenizer):
     policy = backend.policy
     assert policy.prefill == policy.decode == policy.batch_decode
     assert policy.decode in (torch.bfloat16, torch.float16)
-    assert backend.runner.weights(policy.decode).lm_head.is_cuda
+    assert backend.runner.weights(policy.decode).head.weight.is_cuda
 
 
 @pytest.mark.parametrize("runner", ["llama", "transformers"])
@@ -125,16 +126,14 @@ def test_policy_for_cuda_never_packs_for_onednn():
     assert not policy.pack and policy.decode_matrices is None
 
 
-@pytest.mark.skipif(
-    decode_loop.compile_decode_layers() is None,
-    reason="TorchScript cannot compile the decode loop with this PyTorch",
-)
-def test_compiled_decode_loop_computes_the_python_loop_s_bits_on_the_gpu(model, tokenizer):
+@pytest.mark.skipif(not HAS_FUSED_RMS_NORM, reason="TorchScript cannot compile the forward with this PyTorch")
+def test_compiled_forward_computes_the_eager_forward_s_bits_on_the_gpu(model, tokenizer):
     backend = HFBackend(model, tokenizer, device="cuda")
     plain = HFBackend(model, tokenizer, device="cuda")
     plain.runner.script = False
-    assert backend.runner.layer_loop() is not decode_loop.decode_layers
-    assert plain.runner.layer_loop() is decode_loop.decode_layers
+    key = backend.runner.copy_for(1, prompt=False)
+    assert isinstance(backend.runner.executable(key), torch.jit.ScriptModule)
+    assert not isinstance(plain.runner.executable(key), torch.jit.ScriptModule)
     prompts = [backend.encode(p) for p in PROMPTS[:3]]
     for rows, seeds in ((prompts, [1, 2, 3]), (prompts[:1], [4])):
         assert backend.generate_ids(rows, SAMPLED, seeds) == plain.generate_ids(rows, SAMPLED, seeds)

@@ -232,7 +232,7 @@ def test_int8_option_reaches_the_cpu_loader_and_means_automatic_on_a_gpu(tmp_pat
 
 
 def test_int8_without_fbgemm_falls_back_to_automatic_with_a_warning(tmp_path, monkeypatch, caplog):
-    import kgen.engine.hf as hf
+    import kgen.engine.transformer.policy as hf
 
     monkeypatch.setattr(hf, "fbgemm_available", lambda kind: False)
     write_transformers_folder(tmp_path / "Tiny")

@@ -112,11 +112,15 @@ def test_same_seed_same_tokens_and_global_rng_untouched():
     chain = build_chain(SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
     logits = torch.zeros(1, 1000)
     state = torch.random.get_rng_state()
-    first = [chain(logits, [g]).item() for g in [make_generator(7)] * 20]
-    gen = make_generator(7)
-    again = [chain(logits, [gen]).item() for _ in range(20)]
-    assert first == again
-    assert len(set(first)) > 5
+    fresh = [chain(logits, [g]).item() for g in [make_generator(7) for _ in range(20)]]
+    assert len(set(fresh)) == 1  # twenty generators of one seed draw the same token
+    sequences = []
+    for _ in range(2):
+        gen = make_generator(7)
+        sequences.append([chain(logits, [gen]).item() for _ in range(20)])
+    assert sequences[0] == sequences[1]  # and one generator of that seed the same sequence
+    assert sequences[0][0] == fresh[0]
+    assert len(set(sequences[0])) > 5  # a generator advances
     assert torch.equal(state, torch.random.get_rng_state())
 
 

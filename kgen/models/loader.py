@@ -188,7 +188,7 @@ def dtype_for(device: str, dtype: str | None) -> str | None:
     if device != "cpu":
         logger.info("dtype int8 is a CPU option; %s uses its automatic precision", device)
         return None
-    from ..engine.hf import fbgemm_available
+    from ..engine.transformer.policy import fbgemm_available
 
     if not fbgemm_available("int8"):
         logger.warning("this PyTorch has no FBGEMM int8 kernel; the CPU uses its automatic precision")

@@ -38,7 +38,7 @@ EOS_ID = 2
 # configuration name -> the backend's dtype argument (or "auto-python")
 OURS = {
     "ours-auto": "auto",  # what HFBackend picks by itself for this machine
-    "ours-auto-python": "auto-python",  # the same with the decode loop run by Python, not TorchScript
+    "ours-auto-python": "auto-python",  # the same with the forward run by Python, not TorchScript
     "ours-fp32": "float32",
     "ours-bf16": "bfloat16",
     "ours-fp16": "float16",
@@ -99,13 +99,12 @@ def worker_ours(
 ) -> dict:
     import torch
 
-    from kgen.engine import decode_loop
     from kgen.engine.hf import HFBackend
     from kgen.generation import SamplingSettings
 
     dtype = None if policy in ("auto", "auto-python") else policy
     backend = HFBackend.from_pretrained(folder, device=device, dtype=dtype, reuse_prefix=False)
-    backend.runner.script = policy != "auto-python"  # the decode loop compiled by TorchScript, or not
+    backend.runner.script = policy != "auto-python"  # the forward compiled by TorchScript, or not
     ids = [backend.encode(prompt)] * batch
     seeds = list(range(batch))
 
@@ -120,11 +119,11 @@ def worker_ours(
     result = summarize(first, total, new_tokens, batch)
     result["prompt_tokens"] = len(ids[0])
     policy = backend.policy
-    layout = backend.runner.layout(policy.for_rows(batch), decoding=True)
-    fbgemm = layout.removeprefix("fbgemm-") if layout.startswith("fbgemm-") else None
+    key = backend.runner.copy_for(batch, prompt=False)
+    fbgemm = key[1].removeprefix("fbgemm-") if key[1].startswith("fbgemm-") else None
     matrices = f" over FBGEMM {fbgemm} matrices" if fbgemm else ""
     quantized = " (QUANTIZED, opt-in)" if fbgemm == "int8" else ""
-    loop = "TorchScript" if backend.runner.layer_loop() is not decode_loop.decode_layers else "Python"
+    loop = "TorchScript" if isinstance(backend.runner.executable(key), torch.jit.ScriptModule) else "Python"
     result["note"] = (
         f"{loop} loop, prefill {policy.prefill}, decode {policy.for_rows(batch)}{matrices}"
         f"{quantized}, cache {policy.cache_for_rows(batch)}"

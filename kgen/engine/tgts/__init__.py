@@ -3,7 +3,7 @@
 Needs torch; the protocol layer never imports this package at module import time.
 """
 
-from .cache import CachePoolFull, CacheStats, KVPool, ModelAdapter
+from .cache import CachePoolFull, CacheStats, KVPool
 from .policies import CGMCTS, POLICIES, RWMCTS, GreedyTree, IndependentSampling, SearchPolicy, make_policy
 from .sampler import TreeCompletion, TreeSampleResult, Variant, VariantsResult, sample_variants, tree_sample
 from .splitters import (
@@ -26,7 +26,6 @@ __all__ = [
     "GreedyTree",
     "IndependentSampling",
     "KVPool",
-    "ModelAdapter",
     "Node",
     "SearchPolicy",
     "SeparatorSplitter",

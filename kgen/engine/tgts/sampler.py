@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...generation import Completion, SamplingSettings
+from ..continuation import ContinuationDecoder
 from .cache import CacheStats
 from .policies import POLICIES, SearchPolicy, make_policy
 from .splitters import GroupSplitter, never_split, tag_splitter
@@ -61,7 +62,10 @@ def tree_sample(
     policy_options: dict | None = None,
     keep_tree: bool = False,
 ) -> TreeSampleResult:
-    """Grow a sampling tree over ``model`` (a transformers causal LM) until ``n`` distinct completions exist.
+    """Grow a sampling tree over ``model`` until ``n`` distinct completions exist.
+
+    ``model``: a transformers causal LM or a runner (``kgen.engine.transformer.runners``, e.g. an HF
+    backend's ``runner``).
 
     ``splitter`` closes token groups (see :mod:`kgen.engine.tgts.splitters`; required unless the policy is
     ``independent``). ``batch_size`` growths advance together, one batched forward per token.
@@ -91,6 +95,29 @@ def tree_sample(
     root = engine.start(prompt_ids)
     max_growths = 20 * n + 50 if max_growths is None else max_growths
 
+    leaves = _grow(engine, policy, root, n, batch_size, max_growths)
+    completions = [_completion(leaf, decode) for leaf in leaves]
+    cache = engine.pool.stats()
+    engine.release_all()
+    return TreeSampleResult(
+        completions=completions,
+        policy=policy.name,
+        prompt_tokens=len(prompt_ids),
+        forward_tokens=engine.forward_tokens,
+        forward_calls=engine.forward_calls,
+        sampled_tokens=engine.sampled_tokens,
+        nodes=engine.nodes,
+        seconds=time.perf_counter() - started,
+        cache=cache,
+        exhausted=len(completions) < n,
+        root=root if keep_tree else None,
+    )
+
+
+def _grow(
+    engine: TreeEngine, policy: SearchPolicy, root: Node, n: int, batch_size: int, max_growths: int
+) -> list[Node]:
+    """Launch growths where ``policy`` says until ``n`` new terminal nodes exist (or nothing is left)."""
     leaves: list[Node] = []
     launched = 0
     while len(leaves) < n:
@@ -112,34 +139,18 @@ def tree_sample(
                     leaves.append(event.leaf)
     # Growths still in flight (n reached) are dropped; their tokens were spent and are counted.
     engine.active.clear()
+    return leaves
 
-    completions = []
-    for leaf in leaves:
-        ids = leaf.completion_ids()
-        path = leaf.path()[1:]
-        completions.append(
-            TreeCompletion(
-                token_ids=ids,
-                text=decode(ids) if decode is not None else "",
-                score=sum(node.score for node in path) / len(path),
-                groups=len(path),
-                finished=leaf.finished,
-            )
-        )
-    cache = engine.pool.stats()
-    engine.release_all()
-    return TreeSampleResult(
-        completions=completions,
-        policy=policy.name,
-        prompt_tokens=len(prompt_ids),
-        forward_tokens=engine.forward_tokens,
-        forward_calls=engine.forward_calls,
-        sampled_tokens=engine.sampled_tokens,
-        nodes=engine.nodes,
-        seconds=time.perf_counter() - started,
-        cache=cache,
-        exhausted=len(completions) < n,
-        root=root if keep_tree else None,
+
+def _completion(leaf: Node, decode) -> TreeCompletion:
+    ids = leaf.completion_ids()
+    path = leaf.path()[1:]
+    return TreeCompletion(
+        token_ids=ids,
+        text=decode(ids) if decode is not None else "",
+        score=sum(node.score for node in path) / len(path),
+        groups=len(path),
+        finished=leaf.finished,
     )
 
 
@@ -172,34 +183,18 @@ class VariantsResult:
 
 
 def _resolve_model_and_tokenizer(backend_or_model, tokenizer):
-    """Accept a transformers model (+ tokenizer) or a backend object exposing ``model`` and ``tokenizer``."""
+    """A transformers model (+ tokenizer), or a backend's runner and tokenizer (the HF backend's)."""
     import torch
 
     if isinstance(backend_or_model, torch.nn.Module):
         return backend_or_model, tokenizer
-    model = getattr(backend_or_model, "model", None)
-    if isinstance(model, torch.nn.Module):
-        return model, tokenizer or getattr(backend_or_model, "tokenizer", None)
+    runner = getattr(backend_or_model, "runner", None)
+    if runner is not None and hasattr(runner, "forward"):
+        return runner, tokenizer or getattr(backend_or_model, "tokenizer", None)
     raise TypeError(
-        "sample_variants needs a transformers causal LM or a backend with .model and .tokenizer "
+        "sample_variants needs a transformers causal LM or a backend with .runner and .tokenizer "
         f"(got {type(backend_or_model).__name__}); GGUF/llama.cpp backends do not support TGTS"
     )
-
-
-def _continuation_decoder(tokenizer, prompt_ids: Sequence[int], hidden: set[int]):
-    """Decode a continuation with the spacing it has after the prompt (as the HF backend does)."""
-    head = [t for t in prompt_ids if t not in hidden]
-    options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
-    before = tokenizer.decode(head, **options)
-
-    def decode(ids: Sequence[int]) -> str:
-        tail = [t for t in ids if t not in hidden]
-        if not tail:
-            return ""
-        full = tokenizer.decode(head + tail, **options)
-        return full[len(before) :] if full.startswith(before) else tokenizer.decode(tail, **options)
-
-    return decode
 
 
 def sample_variants(
@@ -217,7 +212,7 @@ def sample_variants(
 ) -> VariantsResult:
     """``n`` continuations of the model input ``prompt`` (one per image), sharing computation in a TGTS tree.
 
-    ``backend_or_model``: the HF backend (anything with ``.model`` and ``.tokenizer``) or a transformers
+    ``backend_or_model``: the HF backend (anything with ``.runner`` and ``.tokenizer``) or a transformers
     causal LM plus ``tokenizer``. Returns exactly ``n`` variants: distinct ones first; if the model cannot
     produce ``n`` distinct completions, earlier ones repeat (``Variant.repeated``). Deterministic for
     ``seed``. ``policy``: "rw-mcts" (default, best measured), "cg-mcts", "greedy" or "independent".
@@ -243,7 +238,7 @@ def sample_variants(
         policy,
         splitter=splitter,
         eos_ids=[eos] if eos is not None else [],
-        decode=_continuation_decoder(tokenizer, prompt_ids, hidden),
+        decode=ContinuationDecoder(tokenizer, prompt_ids, hidden),
         batch_size=batch_size,
         max_cache_tokens=max_cache_tokens,
         policy_options=policy_options,

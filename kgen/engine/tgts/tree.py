@@ -10,7 +10,8 @@ import torch
 
 from ...generation import SamplingSettings
 from ..sampling import build_chain
-from .cache import KVPool, ModelAdapter
+from ..transformer.runners import as_runner
+from .cache import KVPool
 from .distribution import NextToken, allowed_probabilities, sample_rows
 
 GroupSplitter = Callable[[Sequence[int]], bool]
@@ -125,14 +126,17 @@ class TreeEngine:
         seed: int,
         max_cache_tokens: int,
     ) -> None:
-        self.adapter = ModelAdapter(model)
+        self.runner = runner = as_runner(model)  # a transformers model or a runner (an HF backend's)
+        self.device = runner.device
         self.settings = settings
         self.chain = build_chain(settings)
         self.splitter = splitter
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.seed = seed
-        self.vocab = model.config.vocab_size
-        self.pool: KVPool = self.adapter.new_pool(max_cache_tokens, initial_slots=min(max_cache_tokens, 1024))
+        self.vocab = runner.vocab_size
+        # One dtype for keys/values of every batch size the tree runs (the prompt is one row).
+        template = runner.new_cache(2, 1)
+        self.pool = KVPool.like(template, max_cache_tokens, initial_slots=min(max_cache_tokens, 1024))
         self.forward_tokens = 0
         self.forward_calls = 0
         self.sampled_tokens = 0
@@ -145,12 +149,16 @@ class TreeEngine:
     def start(self, prompt_ids: Sequence[int]) -> Node:
         if not prompt_ids:
             raise ValueError("the prompt must contain at least one token")
-        device = self.adapter.device
+        device = self.device
+        length = len(prompt_ids)
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-        slots = self.pool.allocate(len(prompt_ids))
+        slots = self.pool.allocate(length)
         slot_tensor = torch.tensor(slots, dtype=torch.long, device=device)
-        positions = torch.arange(len(prompt_ids), device=device)[None]
-        logits = self.adapter.forward(self.pool, ids, None, None, positions, slot_tensor[None])
+        positions = torch.arange(length, device=device)[None]
+        cache = self.pool.gather(torch.zeros((1, 0), dtype=torch.long, device=device), length)
+        causal = torch.ones((length, length), dtype=torch.bool, device=device).tril()
+        logits = self.runner.forward(ids, positions, cache, 0, causal[None, None], prompt=True)
+        self.pool.store(cache, 0, slot_tensor[None])
         self.forward_tokens += len(prompt_ids)
         self.forward_calls += 1
         seen = self._seen_of(list(prompt_ids))
@@ -162,9 +170,9 @@ class TreeEngine:
         return root
 
     def _seen_of(self, ids: Sequence[int]) -> torch.Tensor:
-        seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.adapter.device)
+        seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
         if ids:
-            seen[torch.tensor(list(ids), dtype=torch.long, device=self.adapter.device)] = True
+            seen[torch.tensor(list(ids), dtype=torch.long, device=self.device)] = True
         return seen
 
     def launch(self, node: Node, rollout: bool) -> Growth:
@@ -214,24 +222,28 @@ class TreeEngine:
         return events
 
     def _forward(self, rows: list[Growth]) -> torch.Tensor:
-        device = self.adapter.device
+        device = self.device
         contexts = []
         for g in rows:
             own = torch.tensor(g.slots, dtype=torch.long, device=device)
             contexts.append(torch.cat([g.parent.context_slots, own]) if g.slots else g.parent.context_slots)
         width = max(len(c) for c in contexts)
         index = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        # Each row's one new token (slot ``width``) sees its context (left-padded) and itself.
+        mask = torch.zeros((len(rows), 1, 1, width + 1), dtype=torch.bool, device=device)
+        mask[:, :, :, width] = True
         for i, context in enumerate(contexts):
             index[i, width - len(context) :] = context
-            mask[i, width - len(context) :] = 1
+            mask[i, :, :, width - len(context) : width] = True
         new_slots = self.pool.allocate(len(rows))
         for g, slot in zip(rows, new_slots, strict=True):
             g.slots.append(slot)
         input_ids = torch.tensor([[g.unfed] for g in rows], dtype=torch.long, device=device)
         positions = torch.tensor([[len(c)] for c in contexts], dtype=torch.long, device=device)
         slot_tensor = torch.tensor(new_slots, dtype=torch.long, device=device)[:, None]
-        logits = self.adapter.forward(self.pool, input_ids, index, mask, positions, slot_tensor)
+        cache = self.pool.gather(index, 1)
+        logits = self.runner.forward(input_ids, positions, cache, width, mask)
+        self.pool.store(cache, width, slot_tensor)
         self.forward_tokens += len(rows)
         self.forward_calls += 1
         for g in rows:
@@ -284,7 +296,7 @@ class TreeEngine:
                 self.pool.release(growth.slots)
                 node.own_slots = []
             else:
-                own = torch.tensor(growth.slots, dtype=torch.long, device=self.adapter.device)
+                own = torch.tensor(growth.slots, dtype=torch.long, device=self.device)
                 node.context_slots = torch.cat([parent.context_slots, own])
             parent.children.append(node)
             new = True
