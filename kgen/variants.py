@@ -9,8 +9,9 @@ DEFAULT_POLICY = "rw-mcts"
 
 
 def supports_tgts(backend: Backend) -> bool:
-    """TGTS grows its tree on the model's KV cache: it needs the transformers model and tokenizer."""
-    return getattr(backend, "model", None) is not None and getattr(backend, "tokenizer", None) is not None
+    """TGTS grows its tree through our forward's KV cache: it needs the backend's runner and tokenizer
+    (the transformers model itself may have been released after loading)."""
+    return getattr(backend, "runner", None) is not None and getattr(backend, "tokenizer", None) is not None
 
 
 def model_backend(backend: Backend) -> Backend:

@@ -243,6 +243,23 @@ def test_from_pretrained_folder_and_single_file(tmp_path, model, tokenizer):
     assert [c.text for c in single.generate(PROMPTS[:2], GREEDY, [0, 0])] == [c.text for c in expected]
 
 
+def test_a_loaded_backend_grows_tgts_trees_like_one_that_keeps_its_model(tmp_path, model, tokenizer):
+    from kgen.engine.tgts import sample_variants
+    from kgen.variants import supports_tgts, variant_sampler
+
+    folder = tmp_path / "m"
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    loaded = HFBackend.from_pretrained(folder, device="cpu", dtype="float32")
+    assert loaded.model is None
+    sampler = variant_sampler(loaded, "rw-mcts")
+    assert supports_tgts(loaded)
+    settings = SamplingSettings(max_new_tokens=12)
+    kept = HFBackend(model, loaded.tokenizer, device="cpu", dtype="float32")
+    expected = sample_variants(kept, PROMPTS[0], 4, settings, seed=3, policy="rw-mcts").completions()
+    assert [c.text for c in sampler(PROMPTS[0], 4, settings, 3)] == [c.text for c in expected]
+
+
 def test_unknown_dtype_is_named(model, tokenizer):
     with pytest.raises(ValueError, match="int3"):
         HFBackend(model, tokenizer, device="cpu", dtype="int3")
