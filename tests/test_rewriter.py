@@ -257,7 +257,7 @@ def test_variant_sampler_grows_a_tgts_tree_on_a_transformers_backend_even_when_m
     monkeypatch.setattr(kgen.engine.tgts, "sample_variants", fake_tree)
 
     class HFLike(ReplayBackend):
-        model = object()
+        runner = object()
         tokenizer = object()
 
     model = HFLike(seeded_completion)
