@@ -28,7 +28,7 @@ case "${KGEN_MATRIX_LLAMA_CPP:-}" in
 esac
 
 if [ "$#" -eq 0 ]; then
-  for file in tests/test_hf_backend.py tests/test_sampling.py tests/test_loader.py tests/test_llamacpp.py \
+  for file in tests/test_hf_backend.py tests/test_sampling.py tests/test_loader.py tests/test_llamacpp.py tests/test_tgts.py \
     tests/test_model_store.py; do
     if [ -f "$file" ]; then set -- "$@" "$file"; else echo "note: $file does not exist yet, not run" >&2; fi
   done

@@ -53,6 +53,7 @@ def kgen_module(submodule: str):
 settings_module = kgen_module("settings")
 rewriter = kgen_module("rewriter")
 infotext = kgen_module("infotext")
+formats = kgen_module("protocol.formats")
 TipoSettings = settings_module.TipoSettings
 SettingsError = settings_module.SettingsError
 Engine = rewriter.Rewriter
@@ -115,16 +116,14 @@ def model_choices() -> list[str]:
 
 
 def format_presets() -> list[str]:
-    try:
-        return list(kgen_module("protocol.formats").FORMAT_PRESETS)
-    except Exception:
-        return [settings_module.DEFAULT_FORMAT]
+    return list(formats.FORMAT_PRESETS)
 
 
 def preset_template(name: str) -> str:
+    """The template of preset ``name``; empty for a name that is neither a preset nor a template."""
     try:
-        return kgen_module("protocol.formats").resolve_template(name)
-    except Exception:
+        return formats.resolve_template(name)
+    except ValueError:
         return ""
 
 

@@ -353,3 +353,12 @@ def test_a_pasted_model_is_looked_up_in_the_models_folder_configured_now(engine,
     values, warnings = tipo.pasted_settings(raw)  # the same text: not the first folder's cached answer
     assert "model" not in dict(values) and dict(values)["seed"] == 2
     assert any("mine.gguf" in message for message in warnings)
+
+
+def test_the_format_choices_are_every_preset_and_a_preset_fills_its_template():
+    from kgen.protocol.formats import FORMAT_PRESETS
+
+    assert tipo.format_presets() == list(FORMAT_PRESETS) and len(FORMAT_PRESETS) > 1
+    for name, template in FORMAT_PRESETS.items():
+        assert tipo.preset_template(name) == template
+    assert tipo.preset_template("no such preset") == ""
