@@ -201,7 +201,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs",
         flush=True,
     )
-    print(f"{'model':<26}{'side':<11}{'median s':>10}{'passes/rewrite':>16}{'tokens/rewrite':>16}")
+    print(f"{'model':<30}{'side':<11}{'median s':>10}{'passes/rewrite':>16}{'tokens/rewrite':>16}")
     ratios = {}
     with tempfile.TemporaryDirectory(prefix="kgen-rewrite-bench-") as tmp:
         folder = Path(tmp) / "tipo-200m-random"
@@ -225,9 +225,9 @@ def main() -> None:
                 name = label if side == "ours" else ""
                 if cap and side == "ours":
                     name = f"{label} ({cap} tok/pass)"
-                print(f"{name:<26}{side:<11}{medians[side]:>10.2f}{passes:>16.1f}{tokens:>16.1f}", flush=True)
+                print(f"{name:<30}{side:<11}{medians[side]:>10.2f}{passes:>16.1f}{tokens:>16.1f}", flush=True)
             ratios[model] = medians["reference"] / medians["ours"]
-            print(f"{'':<26}reference / ours = {ratios[model]:.2f}x", flush=True)
+            print(f"{'':<30}reference / ours = {ratios[model]:.2f}x", flush=True)
     print(f"rewrite_default_vs_reference={ratios[str(folder)]:.2f}")
 
 
