@@ -6,10 +6,14 @@
 Every configuration runs in its own subprocess (so peak memory is its own) on the same saved weights and the
 same ~46-token prompt; EOS is never sampled, so each run makes exactly ``--new-tokens`` tokens. Prefill is the
 time to the first new token; decode ms/token is the rest divided by the remaining tokens (for a batch: ms
-per step, and tokens/s counts all rows). The last two lines compare batch-1 decode tokens/s, best of ours:
-``speedup_vs_reference=<x>`` and ``ratio_vs_llamacpp=<y>`` (``nan`` when llama-cpp-python is missing); the
-line before them names the best configuration and gives both ratios for the unquantized ones only
-(``ours-int8`` is the opt-in ``dtype="int8"``: quantized matrices, so not the model's exact arithmetic).
+per step, and tokens/s counts all rows). llama.cpp runs the same weights converted to GGUF f16
+(``llamacpp-f16``) and quantized from that to q8_0 by llama.cpp's own quantizer (``llamacpp-q8_0``).
+
+The run ends with three batch-1 decode tokens/s ratios, ours / theirs (``nan`` where one side is missing):
+
+    default_vs_reference=<x>       ours-auto (what HFBackend picks with no dtype option) vs tipo-kgen 0.3.1
+    default_vs_llamacpp_f16=<y>    ours-auto vs llama.cpp f16
+    int8_vs_llamacpp_q8_0=<z>      ours-int8 (opt-in dtype="int8": quantized matrices) vs llama.cpp q8_0
 """
 
 from __future__ import annotations
@@ -44,14 +48,22 @@ OURS = {
     "ours-fp16": "float16",
     "ours-int8": "int8",  # opt-in quantization: decoding over int8 matrices, not the model's exact math
 }
-QUANTIZED = {"ours-int8"}
-CPU_ONLY = {"ours-int8", "llamacpp-f16"}  # FBGEMM matrices; llama.cpp here is a CPU build
-QUICK = ["ours-auto/1", "ours-auto/8", "ours-int8/1", "ours-int8/8", "reference/1", "llamacpp-f16/1"]
+LLAMACPP = {"llamacpp-f16": "f16", "llamacpp-q8_0": "q8_0"}  # configuration -> GGUF weight type
+CPU_ONLY = {"ours-int8", *LLAMACPP}  # FBGEMM matrices; llama.cpp here is a CPU build
+QUICK = [
+    "ours-auto/1",
+    "ours-auto/8",
+    "ours-int8/1",
+    "ours-int8/8",
+    "reference/1",
+    "llamacpp-f16/1",
+    "llamacpp-q8_0/1",
+]
 
 
 def all_configs() -> list[str]:
     configs = [f"{name}/{batch}" for name in OURS for batch in (1, 8)]
-    return [*configs, "hf-generate-fp32/1", "reference/1", "llamacpp-f16/1"]
+    return [*configs, "hf-generate-fp32/1", "reference/1", "llamacpp-f16/1", "llamacpp-q8_0/1"]
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -164,7 +176,21 @@ def worker_hf_generate(
     return summarize(first, total, new_tokens, batch)
 
 
-def worker_llamacpp(folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int) -> dict:
+def quantize_q8_0(f16: Path, out: Path) -> Path:
+    """``f16`` GGUF quantized to q8_0 by llama.cpp's own quantizer (the one llama-cpp-python bundles)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), params) != 0:
+        raise RuntimeError("llama_model_quantize failed")
+    return out
+
+
+def worker_llamacpp(
+    folder: Path, prompt: str, new_tokens: int, repeats: int, threads: int, weights: str
+) -> dict:
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -174,6 +200,8 @@ def worker_llamacpp(folder: Path, prompt: str, new_tokens: int, repeats: int, th
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     gguf = convert_llama_to_gguf(folder, tokenizer, folder / "model-f16.gguf", dtype="f16")
+    if weights == "q8_0":
+        gguf = quantize_q8_0(gguf, folder / "model-q8_0.gguf")
     n_threads = threads or os.cpu_count()
     llm = Llama(str(gguf), n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False, seed=0)
     ids = tokenizer(prompt)["input_ids"]
@@ -271,10 +299,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         return worker_ours(folder, args.prompt, OURS[name], batch, args.new_tokens, args.repeats, args.device)
     if name == "hf-generate-fp32":
         return worker_hf_generate(folder, args.prompt, batch, args.new_tokens, args.repeats, args.device)
-    if name == "llamacpp-f16":
+    if name in LLAMACPP:
         if args.device != "cpu":
             return {"error": "CPU only in this benchmark"}
-        return worker_llamacpp(folder, args.prompt, args.new_tokens, args.repeats, args.threads)
+        return worker_llamacpp(
+            folder, args.prompt, args.new_tokens, args.repeats, args.threads, LLAMACPP[name]
+        )
     raise SystemExit(f"unknown configuration {name}")
 
 
@@ -376,32 +406,20 @@ def main() -> None:
     def rate(config: str) -> float:
         return results.get(config, {}).get("tokens_per_s", math.nan)
 
-    ours_one = [c for c in results if c.startswith("ours-") and c.endswith("/1")]
-    exact_one = [c for c in ours_one if c.split("/")[0] not in QUANTIZED]
-    best_ours = max((rate(c) for c in ours_one), default=math.nan)
-    best_exact = max((rate(c) for c in exact_one), default=math.nan)
     for name in OURS:
         one, eight = rate(f"{name}/1"), rate(f"{name}/8")
         if not math.isnan(one) and not math.isnan(eight):
             print(f"{name}: batch 8 aggregate = {eight / one:.2f}x batch 1")
     ref = results.get("reference/1", {})
-    ours_prefill = min(
-        (results[c]["prefill_ms"] for c in ours_one if "prefill_ms" in results[c]), default=math.nan
-    )
-    if "prefill_ms" in ref:
+    ours = results.get("ours-auto/1", {})
+    if "prefill_ms" in ref and "prefill_ms" in ours:
         print(
-            f"prefill: ours {ours_prefill:.1f} ms vs reference {ref['prefill_ms']:.1f} ms "
-            f"({ours_prefill / ref['prefill_ms']:.2f}x)"
+            f"prefill: ours-auto {ours['prefill_ms']:.1f} ms vs reference {ref['prefill_ms']:.1f} ms "
+            f"({ours['prefill_ms'] / ref['prefill_ms']:.2f}x)"
         )
-    if ours_one:
-        best = max(ours_one, key=lambda c: -1 if math.isnan(rate(c)) else rate(c))
-        print(
-            f"best of ours at batch 1: {best} ({rate(best):.1f} tokens/s); unquantized only: "
-            f"speedup_vs_reference={best_exact / rate('reference/1'):.2f} "
-            f"ratio_vs_llamacpp={best_exact / rate('llamacpp-f16/1'):.2f}"
-        )
-    print(f"speedup_vs_reference={best_ours / rate('reference/1'):.2f}")
-    print(f"ratio_vs_llamacpp={best_ours / rate('llamacpp-f16/1'):.2f}")
+    print(f"default_vs_reference={rate('ours-auto/1') / rate('reference/1'):.2f}")
+    print(f"default_vs_llamacpp_f16={rate('ours-auto/1') / rate('llamacpp-f16/1'):.2f}")
+    print(f"int8_vs_llamacpp_q8_0={rate('ours-int8/1') / rate('llamacpp-q8_0/1'):.2f}")
 
 
 if __name__ == "__main__":
