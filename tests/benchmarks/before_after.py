@@ -88,7 +88,11 @@ def main() -> None:
             runs[side].append(run_benchmark(tree, args.benchmark, extra))
             print(f"round {round_index + 1}/{args.rounds}: {side} done", flush=True)
     _, columns = LAYOUTS[args.benchmark]
-    labels = [label for label in runs["after"][0] if all(label in r for r in runs["before"] + runs["after"])]
+    every_run = runs["before"] + runs["after"]
+    seen = {label for run in every_run for label in run}
+    labels = [label for label in runs["after"][0] if all(label in r for r in every_run)]
+    for label in sorted(seen - set(labels)):
+        print(f"{label}: no timings in some run (the benchmark printed an error for it)")
     print(f"\n{args.benchmark}: median of {args.rounds} alternating rounds; before = {trees['before']}")
     print(f"{'row':<28}{'column':>18}{'before':>12}{'after':>12}{'after/before':>14}")
     ratios = []
